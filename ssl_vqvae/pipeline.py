@@ -1,0 +1,102 @@
+"""Deterministic, resumable host-side batching (numpy).
+
+Batches have a FIXED size so the jitted step compiles once: the stream concatenates one
+shuffled permutation per epoch (every series is seen once per epoch, a batch may straddle two
+epochs), instead of emitting a smaller last batch. The stream position is two integers
+(`epoch`, `position`), saved in checkpoints so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ssl_vqvae import augment
+from ssl_vqvae.data import Split
+
+
+def global_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
+    """The largest multiple of `num_devices` that is <= min(requested, num_examples)."""
+    if requested < 1:
+        raise ValueError(f"data.batch_size={requested}; expected a positive integer")
+    if num_examples < num_devices:
+        raise ValueError(
+            f"dataset has {num_examples} series, fewer than the {num_devices} devices of the mesh"
+        )
+    size = min(requested, num_examples)
+    return max(num_devices, size - size % num_devices)
+
+
+class BatchIterator:
+    """Endless stream of shuffled fixed-size batches `{"x", "y"[, "x_aug"]}` from one split.
+
+    Args:
+      split: the data to batch.
+      batch_size: global batch size (see `global_batch_size`).
+      seed: seeds the per-epoch permutations and the augmentations.
+      augmentations: names from `ssl_vqvae.augment`; when given, every batch also holds
+        `x_aug`, one augmented view of each series (SPEC §3.1).
+    """
+
+    def __init__(
+        self, split: Split, batch_size: int, seed: int, augmentations: Sequence[str] = ()
+    ):
+        if batch_size > len(split):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(split)} series of the split")
+        self._split = split
+        self._batch_size = batch_size
+        self._seed = seed
+        self._augmentations = tuple(augmentations)
+        self.epoch = 0
+        self.position = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self._split) / self._batch_size)
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self._seed, epoch]).permutation(len(self._split))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        aug_rng = np.random.default_rng([self._seed, self.epoch, self.position, 1])
+        indices = []
+        needed = self._batch_size
+        while needed:
+            order = self._permutation(self.epoch)[self.position : self.position + needed]
+            indices.append(order)
+            needed -= len(order)
+            self.position += len(order)
+            if self.position == len(self._split):
+                self.epoch, self.position = self.epoch + 1, 0
+        index = np.concatenate(indices)
+        batch = {"x": self._split.x[index], "y": self._split.y[index]}
+        if self._augmentations:
+            batch["x_aug"] = augment.augment_batch(batch["x"], self._augmentations, aug_rng)
+        return batch
+
+
+def padded_batches(
+    split: Split, batch_size: int
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Walks a split in order with fixed-size batches, padding the last one.
+
+    Yields:
+      (batch, num_valid): the last batch repeats its final series to keep the shape static;
+      only its first `num_valid` rows are real.
+    """
+    for start in range(0, len(split), batch_size):
+        index = np.arange(start, start + batch_size)
+        num_valid = int(min(batch_size, len(split) - start))
+        index = np.minimum(index, len(split) - 1)
+        yield {"x": split.x[index], "y": split.y[index]}, num_valid
