@@ -70,7 +70,6 @@ def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
             "projector_hidden_dim": 4096,
             "projector_output_dim": 4096,
             "iternorm_groups": 64,
-            "iternorm_iterations": 5,
             "barlow_off_diagonal_weight": 0.005,
             "barlow_weight": 1.0,
             "vibcreg_invariance_weight": 25.0,

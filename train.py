@@ -1,0 +1,35 @@
+"""Trains one stage of an NC-VQVAE experiment.
+
+  python train.py --config=configs/stage1_vibcreg.py --workdir=runs/gp
+  python train.py --config=configs/stage2_maskgit.py --workdir=runs/gp
+
+Rerunning the same command resumes from the latest checkpoint in the workdir.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ssl_vqvae import stage1
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Experiment folder (one per experiment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+TRAINERS = {"stage1": stage1.train_and_evaluate}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+    config = FLAGS.config
+    if config.stage not in TRAINERS:
+        raise app.UsageError(f"config.stage={config.stage!r}; expected one of {list(TRAINERS)}")
+    print(f"JAX {jax.__version__}: {jax.device_count()} device(s) {jax.devices()}")
+    TRAINERS[config.stage](config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
