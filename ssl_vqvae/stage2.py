@@ -1,0 +1,303 @@
+"""Stage 2: train the MaskGIT prior over the frozen tokenizer's token ids (SPEC §4)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ssl_vqvae import (
+    config_lib,
+    experiment,
+    generate,
+    pipeline,
+    plots,
+    sampling,
+    sharding,
+    stage1,
+    training,
+)
+from ssl_vqvae.data import UCRDataset
+from ssl_vqvae.transformer import MaskGITTransformer, init_embeddings_from_codebook
+from ssl_vqvae.vqvae import VQVAE
+
+STAGE = "stage2"
+
+
+def resolve_variant(config: ml_collections.ConfigDict, ssl_method: str) -> str:
+    """The thesis pairs the baseline with the token-index prior and SSL with full-embedding."""
+    variant = config.prior.variant
+    if variant not in config_lib.PRIOR_VARIANTS:
+        raise ValueError(
+            f"prior.variant={variant!r}; expected one of {config_lib.PRIOR_VARIANTS}"
+        )
+    if variant == "auto":
+        return "token_index" if ssl_method == "none" else "full_embedding"
+    return variant
+
+
+def masking_convention(masking: str, variant: str) -> str:
+    """Maps `prior.masking` to the training-mask convention of `sampling`."""
+    if masking not in config_lib.MASKING_MODES:
+        raise ValueError(f"prior.masking={masking!r}; expected one of {config_lib.MASKING_MODES}")
+    if masking == "standard":
+        return sampling.MaskingConvention.STANDARD
+    if variant == "token_index":
+        return sampling.MaskingConvention.THESIS_KEEP
+    return sampling.MaskingConvention.THESIS_REPLACE
+
+
+def build_prior(
+    config: ml_collections.ConfigDict, tokenizer: VQVAE, num_classes: int, variant: str
+) -> MaskGITTransformer:
+    height, width = tokenizer.token_grid
+    return MaskGITTransformer(
+        codebook_size=tokenizer.codebook_size,
+        num_tokens=height * width,
+        num_classes=num_classes,
+        variant=variant,
+        embed_dim=tokenizer.hidden_dim,
+        hidden_dim=config.prior.hidden_dim,
+        depth=config.prior.depth,
+        num_heads=config.prior.num_heads,
+        head_dim=config.prior.head_dim,
+        mlp_dim=config.prior.mlp_dim,
+        dropout_rate=config.prior.dropout_rate,
+    )
+
+
+def tokenize(
+    tokenizer: VQVAE, variables: Any, x: jax.Array, temperature: float, rng: jax.Array
+) -> jax.Array:
+    """Training targets: stochastic (temperature > 0) or argmax codes of series [B, L, C]."""
+    return tokenizer.apply(
+        variables,
+        x,
+        temperature if temperature > 0 else None,
+        method=VQVAE.tokenize,
+        rngs={"sample": rng},
+    )
+
+
+def prior_loss(
+    prior: MaskGITTransformer,
+    params: Any,
+    tokens: jax.Array,
+    class_ids: jax.Array,
+    rng: jax.Array,
+    convention: str,
+    *,
+    train: bool,
+) -> jax.Array:
+    """Masked-token cross-entropy per sample (SPEC §4.4): float32 [B]."""
+    mask_rng, dropout_rng = jax.random.split(rng)
+    mask = sampling.sample_training_mask(mask_rng, tokens.shape[0], tokens.shape[1], convention)
+    inputs = jnp.where(mask, prior.codebook_size, tokens)
+    logits = prior.apply(
+        {"params": params}, inputs, class_ids, train=train, rngs={"dropout": dropout_rng}
+    )
+    per_sample = jax.vmap(
+        lambda lg, tg, mk: sampling.masked_token_loss(lg[None], tg[None], mk[None], convention)
+    )
+    return per_sample(logits, tokens, mask)
+
+
+def make_train_step(
+    prior: MaskGITTransformer,
+    tokenizer: VQVAE,
+    optimizer: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    convention: str,
+):
+    """`(state, batch, rng, tokenizer_variables) -> (state, metrics)`."""
+    temperature = config.prior.token_sample_temperature
+    p_unconditional = config.prior.p_unconditional
+
+    def train_step(state, batch, rng, tokenizer_variables):
+        rng = jax.random.fold_in(rng, state.step)
+        token_rng, class_rng, loss_rng = jax.random.split(rng, 3)
+        tokens = tokenize(tokenizer, tokenizer_variables, batch["x"], temperature, token_rng)
+        drop = jax.random.bernoulli(class_rng, p_unconditional, batch["y"].shape)
+        class_ids = jnp.where(drop, prior.num_classes, batch["y"])
+
+        def loss_fn(params):
+            losses = prior_loss(prior, params, tokens, class_ids, loss_rng, convention, train=True)
+            return jnp.mean(losses)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return train_step
+
+
+def init_state(
+    prior: MaskGITTransformer,
+    optimizer: optax.GradientTransformation,
+    codebook: jax.Array,
+    rng: jax.Array,
+) -> training.TrainState:
+    """Fresh prior parameters with the token embedding set to the stage-1 codebook."""
+
+    def init(rng, codebook):
+        tokens = jnp.zeros((1, prior.num_tokens), jnp.int32)
+        params = prior.init(rng, tokens, jnp.zeros((1,), jnp.int32), train=False)["params"]
+        params = init_embeddings_from_codebook(params, codebook, prior.variant)
+        return training.create_train_state(params, {}, optimizer)
+
+    return jax.jit(init)(rng, codebook)
+
+
+def resolve_stage1_dir(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
+    """The tokenizer's folder: `config.stage1_workdir` if set, else this experiment's."""
+    return experiment.stage_dir(config.stage1_workdir or workdir, stage1.STAGE)
+
+
+class Stage2Evaluator:
+    """Validation loss on the test split and a plot of class-conditional samples."""
+
+    def __init__(self, prior, tokenizer, tokenizer_variables, dataset, config, convention,
+                 run_dir, eval_batch_size, mesh):
+        self.prior, self.dataset, self.config = prior, dataset, config
+        self.tokenizer_variables = tokenizer_variables
+        self.run_dir, self.batch_size, self.mesh = run_dir, eval_batch_size, mesh
+        temperature = config.prior.token_sample_temperature
+
+        def eval_losses(params, tokenizer_variables, x, y, rng):
+            token_rng, loss_rng = jax.random.split(rng)
+            tokens = tokenize(tokenizer, tokenizer_variables, x, temperature, token_rng)
+            return prior_loss(prior, params, tokens, y, loss_rng, convention, train=False)
+
+        self.eval_losses = jax.jit(eval_losses)
+        self.generate = generate.make_generator(prior, tokenizer, decoding_config(config))
+
+    def __call__(self, state: training.TrainState, step: int) -> dict[str, float]:
+        rng = jax.random.key(step)
+        losses = []
+        for index, (batch, num_valid) in enumerate(
+            pipeline.padded_batches(self.dataset.test, self.batch_size)
+        ):
+            batch = sharding.shard_batch(batch, self.mesh)
+            batch_losses = self.eval_losses(
+                state.params, self.tokenizer_variables, batch["x"], batch["y"],
+                jax.random.fold_in(rng, index),
+            )
+            losses.append(np.asarray(batch_losses)[:num_valid])
+        self._plot(state, step)
+        return {"loss": float(np.mean(np.concatenate(losses)))}
+
+    def _plot(self, state: training.TrainState, step: int) -> None:
+        num_classes = self.dataset.num_classes
+        per_class = max(1, self.mesh.size // num_classes) if num_classes < self.mesh.size else 1
+        class_ids = np.repeat(np.arange(num_classes), max(per_class, 2))
+        samples = generate.generate_in_batches(
+            self.generate, state.params, self.tokenizer_variables, class_ids,
+            jax.random.key(step), self.config.sampling.guidance_scale,
+            _round_up(len(class_ids), self.mesh.size), self.mesh,
+        )
+        rows = []
+        for label in range(min(num_classes, 4)):
+            rows.append((f"real {label}", self.dataset.test.x[self.dataset.test.y == label]))
+            rows.append((f"generated {label}", samples[class_ids == label]))
+        plots.plot_series_rows(
+            self.run_dir / "plots" / f"samples_{step:07d}.png", rows,
+            title=f"{self.dataset.name}: class-conditional samples, step {step}", max_columns=2,
+        )
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def decoding_config(config: ml_collections.ConfigDict) -> generate.DecodingConfig:
+    return generate.DecodingConfig(
+        num_steps=config.sampling.num_steps,
+        choice_temperature=config.sampling.choice_temperature,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.TrainState:
+    """Trains the prior into `<workdir>/stage2` (resuming if a checkpoint exists)."""
+    run_dir = experiment.stage_dir(workdir, STAGE)
+    stage1_dir = resolve_stage1_dir(config, workdir)
+    mesh = sharding.make_mesh()
+    tokenizer, tokenizer_variables, stage1_config, dataset = stage1.restore_tokenizer(
+        stage1_dir, mesh
+    )
+    variant = resolve_variant(config, stage1_config.ssl.method)
+    convention = masking_convention(config.prior.masking, variant)
+    prior = build_prior(config, tokenizer, dataset.num_classes, variant)
+
+    batch_size = pipeline.global_batch_size(config.data.batch_size, len(dataset.train), mesh.size)
+    eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)[1]
+    batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed)
+    schedule = experiment.Schedule(config.train, batches.steps_per_epoch)
+    config.unlock()
+    config.resolved_variant = variant
+    config.stage1_dir = str(stage1_dir)
+    config.lock()
+    experiment.write_config(config, run_dir)
+
+    optimizer = training.make_optimizer(
+        config.optim.learning_rate, config.optim.weight_decay, schedule.decay_steps
+    )
+    codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
+    rng = jax.random.key(config.seed)
+    state = init_state(prior, optimizer, codebook, rng)
+    print(
+        f"[stage2] {dataset.name}: {variant} prior, {training.count_params(state.params):,} params,"
+        f" {prior.num_tokens} tokens x {prior.codebook_size} codes, masking={convention}; "
+        f"batch {batch_size} on {mesh.size} device(s); {schedule.num_steps} steps"
+    )
+    step_fn = training.compile_step(
+        make_train_step(prior, tokenizer, optimizer, config, convention), mesh, tokenizer_variables
+    )
+    evaluator = Stage2Evaluator(
+        prior, tokenizer, sharding.replicate(tokenizer_variables, mesh), dataset, config,
+        convention, run_dir, eval_batch_size, mesh,
+    )
+    return training.fit(
+        workdir=run_dir,
+        state=state,
+        train_step=step_fn,
+        batches=batches,
+        mesh=mesh,
+        rng=jax.random.fold_in(rng, 2),
+        loop=training.LoopConfig(
+            num_steps=schedule.num_steps,
+            log_every=config.train.log_every,
+            eval_every=schedule.eval_every,
+            checkpoint_every=config.train.checkpoint_every,
+            description=STAGE,
+        ),
+        evaluate=evaluator,
+    )
+
+
+def restore_prior(
+    stage2_dir: pathlib.Path, mesh: jax.sharding.Mesh
+) -> tuple[MaskGITTransformer, Any, ml_collections.ConfigDict, VQVAE, Any, UCRDataset]:
+    """Loads a trained experiment: (prior, prior params, stage-2 config, tokenizer, its
+    variables, dataset)."""
+    config = experiment.read_config(stage2_dir)
+    tokenizer, tokenizer_variables, _, dataset = stage1.restore_tokenizer(
+        pathlib.Path(config.stage1_dir), mesh
+    )
+    prior = build_prior(config, tokenizer, dataset.num_classes, config.resolved_variant)
+    optimizer = training.make_optimizer(config.optim.learning_rate, config.optim.weight_decay, 1)
+    codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
+    abstract = jax.eval_shape(
+        lambda rng: init_state(prior, optimizer, codebook, rng), jax.random.key(0)
+    )
+    state = training.restore_state(stage2_dir, abstract, mesh)
+    return prior, state.params, config, tokenizer, tokenizer_variables, dataset

@@ -1,0 +1,203 @@
+"""Bidirectional MaskGIT prior over stage-1 token ids (SPEC §4.2 token-index, §4.3 full-embedding).
+
+Both variants share the embedding stem and the x-transformers-style pre-RMSNorm encoder; they differ
+in how token ids enter (an id table with a mask row vs. a finetuned codebook plus a learned mask
+vector) and in the output head (weight-tied logits plus a per-position bias vs. a plain Dense).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+TOKEN_INDEX = "token_index"
+FULL_EMBEDDING = "full_embedding"
+VARIANTS = (TOKEN_INDEX, FULL_EMBEDDING)
+
+# torch LayerNorm(eps=1e-12) in the reference prior (SPEC §7.1).
+LAYER_NORM_EPS = 1e-12
+# The reference RMSNorm is F.normalize(x) * sqrt(dim) * g; F.normalize clamps ||x|| at 1e-12.
+RMS_NORM_EPS = 1e-12
+# torch nn.Embedding and torch.randn initialise embeddings / the mask vector with N(0, 1).
+EMBED_INIT = nn.initializers.normal(stddev=1.0)
+
+# Parameter names the stage-1 codebook is copied into (see `init_embeddings_from_codebook`).
+_CODEBOOK_TABLES = {TOKEN_INDEX: "tok_emb", FULL_EMBEDDING: "codebook"}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+    # Two-pass variance like torch: E[x^2] - E[x]^2 loses precision with an eps as small as 1e-12.
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, name=name)
+
+
+class RMSNorm(nn.Module):
+    """`x / max(||x||, eps) * sqrt(dim) * g` over the last axis; `g` starts at 1.
+
+    x: float [..., dim] -> float [..., dim].
+    """
+
+    epsilon: float = RMS_NORM_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        gain = self.param("scale", nn.initializers.ones, (dim,))
+        sum_sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+        # Clamping the squared norm (not the norm) keeps the gradient finite at x = 0, where the
+        # derivative of sqrt is infinite; the forward value equals the torch clamp.
+        inv_norm = jax.lax.rsqrt(jnp.maximum(sum_sq, self.epsilon**2))
+        return x * inv_norm * jnp.sqrt(jnp.asarray(dim, x.dtype)) * gain
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: `x + Attn(RMSNorm(x))`, then `x + FF(RMSNorm(x))`; full (bidirectional) attention.
+
+    x: float32 [batch, seq, hidden] -> float32 [batch, seq, hidden].
+    """
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        hidden = x.shape[-1]
+        y = RMSNorm(name="attn_norm")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            qkv_features=self.num_heads * self.head_dim,
+            out_features=hidden,
+            use_bias=False,
+            dropout_rate=self.dropout_rate,
+            name="attn",
+        )(y, deterministic=not train)
+        x = x + y
+        y = RMSNorm(name="mlp_norm")(x)
+        y = nn.Dense(self.mlp_dim, name="mlp_in")(y)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        y = nn.Dense(hidden, name="mlp_out")(y)
+        return x + y
+
+
+class MaskGITTransformer(nn.Module):
+    """Class-conditional bidirectional prior: token ids (mask id = `codebook_size`) -> code logits.
+
+    `variant="token_index"` is SPEC §4.2 (naive-VQVAE baseline), `"full_embedding"` is §4.3 (SSL
+    runs). Class id `num_classes` is the null (unconditional) class. `dropout_rate` applies to the
+    embeddings, attention weights and feed-forward hidden layer (all 0 in the reference).
+    """
+
+    codebook_size: int
+    num_tokens: int
+    num_classes: int
+    variant: str = TOKEN_INDEX
+    embed_dim: int = 64
+    hidden_dim: int = 256
+    depth: int = 4
+    num_heads: int = 2
+    head_dim: int = 64
+    mlp_dim: int = 256
+    dropout_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_variant(self.variant)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, class_ids: jax.Array, *, train: bool) -> jax.Array:
+        """tokens: int32 [batch, num_tokens] in 0..K; class_ids: int32 [batch] in 0..num_classes.
+
+        Returns float32 [batch, num_tokens, K] logits over the K codes.
+        """
+        self._check_inputs(tokens, class_ids)
+        n, k = self.num_tokens, self.codebook_size
+
+        if self.variant == TOKEN_INDEX:
+            tok_emb = nn.Embed(k + 1, self.embed_dim, embedding_init=EMBED_INIT, name="tok_emb")
+            x = tok_emb(tokens)
+        else:
+            codebook = nn.Embed(k, self.embed_dim, embedding_init=EMBED_INIT, name="codebook")
+            mask_emb = self.param("mask_emb", EMBED_INIT, (self.embed_dim,))
+            is_mask = (tokens == k)[..., None]
+            # Mask ids are clamped to a valid row only to keep the lookup in range; `where` drops it.
+            x = jnp.where(is_mask, mask_emb, codebook(jnp.minimum(tokens, k - 1)))
+
+        # The reference allocates N + 1 position rows and adds the first N (the class token has none).
+        pos_emb = self.param("pos_emb", EMBED_INIT, (n + 1, self.embed_dim))
+        x = _layer_norm("emb_norm")(x + pos_emb[:n])
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        class_emb = nn.Embed(
+            self.num_classes + 1, self.embed_dim, embedding_init=EMBED_INIT, name="class_emb"
+        )(class_ids)
+        x = jnp.concatenate([class_emb[:, None, :], x], axis=1)  # [batch, N + 1, embed]
+
+        h = nn.Dense(self.hidden_dim, use_bias=False, name="proj_in")(x)
+        hidden_pos = self.param("hidden_pos_emb", EMBED_INIT, (n + 1, self.hidden_dim))
+        h = h + hidden_pos * self.hidden_dim**-0.5
+        for i in range(self.depth):
+            h = EncoderBlock(
+                num_heads=self.num_heads,
+                head_dim=self.head_dim,
+                mlp_dim=self.mlp_dim,
+                dropout_rate=self.dropout_rate,
+                name=f"block_{i}",
+            )(h, train=train)
+        h = RMSNorm(name="final_norm")(h)
+        x = nn.Dense(self.embed_dim, use_bias=False, name="proj_out")(h)
+
+        x = nn.Dense(self.embed_dim, name="head_dense")(x)
+        x = nn.gelu(x, approximate=False)
+        x = _layer_norm("head_norm")(x)
+        x = x[:, 1:]  # drop the class position: [batch, N, embed]
+        if self.variant == TOKEN_INDEX:
+            logit_bias = self.param("logit_bias", nn.initializers.zeros, (n, k + 1))
+            logits = tok_emb.attend(x) + logit_bias
+            logits = logits[..., :k]  # the mask id is never a prediction target
+        else:
+            logits = nn.Dense(k, name="head_out")(x)
+        return logits.astype(jnp.float32)
+
+    def _check_inputs(self, tokens: jax.Array, class_ids: jax.Array) -> None:
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"tokens must have shape [batch, {self.num_tokens}], got {tuple(tokens.shape)}"
+            )
+        if class_ids.shape != tokens.shape[:1]:
+            raise ValueError(
+                f"class_ids must have shape [{tokens.shape[0]}], got {tuple(class_ids.shape)}"
+            )
+
+
+def init_embeddings_from_codebook(
+    params: Mapping[str, Any], codebook: jax.Array, variant: str
+) -> dict[str, Any]:
+    """Returns `params` with the id embedding set to the frozen stage-1 codebook (SPEC §4.2/§4.3).
+
+    params: the 'params' collection of a `MaskGITTransformer` of this `variant`.
+    codebook: float [K, embed_dim]. For "token_index" rows 0..K-1 of `tok_emb` are replaced and the
+    mask row K is kept; for "full_embedding" the finetuned `codebook` table is replaced.
+    Pure: the input pytree is not modified.
+    """
+    _check_variant(variant)
+    name = _CODEBOOK_TABLES[variant]
+    if name not in params:
+        raise ValueError(
+            f"params has no {name!r} entry; pass the 'params' collection of a {variant} model"
+        )
+    table = params[name]["embedding"]
+    num_codes = table.shape[0] - 1 if variant == TOKEN_INDEX else table.shape[0]
+    expected = (num_codes, table.shape[1])
+    codebook = jnp.asarray(codebook)
+    if codebook.shape != expected:
+        raise ValueError(f"codebook must have shape {expected}, got {tuple(codebook.shape)}")
+    new_table = table.at[:num_codes].set(codebook.astype(table.dtype))
+    return {**params, name: {**params[name], "embedding": new_table}}
