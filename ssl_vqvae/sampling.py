@@ -20,7 +20,7 @@ LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def cosine_schedule(r: jax.Array | float) -> jax.Array:
-    """gamma(r) = cos(pi r / 2): fraction of tokens masked (or kept, see §4.4) at progress r in [0, 1]."""
+    """gamma(r) = cos(pi r / 2): the masked (or kept, §4.4) fraction at progress r in [0, 1]."""
     return jnp.cos(jnp.pi * jnp.asarray(r) / 2)
 
 

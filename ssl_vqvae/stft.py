@@ -51,11 +51,11 @@ def _overlap_add(frames: jnp.ndarray, hop: int) -> jnp.ndarray:
     """Overlap-add frames with the given hop: [B, W, n_fft, C] -> [B, n_fft + hop (W - 1), C]."""
     batch, width, _, channels = frames.shape
     phases = frames.reshape(batch, width, HOPS_PER_FRAME, hop, channels)
-    out = 0.0
-    for k in range(HOPS_PER_FRAME):
-        # Block k of frame t lands on output block t + k.
-        pad = ((0, 0), (k, HOPS_PER_FRAME - 1 - k), (0, 0), (0, 0))
-        out = out + jnp.pad(phases[:, :, k], pad)
+    # Block k of frame t lands on output block t + k.
+    out = sum(
+        jnp.pad(phases[:, :, k], ((0, 0), (k, HOPS_PER_FRAME - 1 - k), (0, 0), (0, 0)))
+        for k in range(HOPS_PER_FRAME)
+    )
     return out.reshape(batch, (width + HOPS_PER_FRAME - 1) * hop, channels)
 
 

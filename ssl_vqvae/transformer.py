@@ -57,7 +57,7 @@ class RMSNorm(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm block: `x + Attn(RMSNorm(x))`, then `x + FF(RMSNorm(x))`; full (bidirectional) attention.
+    """Pre-norm block `x + Attn(RMSNorm(x))`, then `x + FF(RMSNorm(x))`; bidirectional attention.
 
     x: float32 [batch, seq, hidden] -> float32 [batch, seq, hidden].
     """
@@ -128,10 +128,10 @@ class MaskGITTransformer(nn.Module):
             codebook = nn.Embed(k, self.embed_dim, embedding_init=EMBED_INIT, name="codebook")
             mask_emb = self.param("mask_emb", EMBED_INIT, (self.embed_dim,))
             is_mask = (tokens == k)[..., None]
-            # Mask ids are clamped to a valid row only to keep the lookup in range; `where` drops it.
+            # Mask ids are clamped to a valid row only to keep the lookup in range.
             x = jnp.where(is_mask, mask_emb, codebook(jnp.minimum(tokens, k - 1)))
 
-        # The reference allocates N + 1 position rows and adds the first N (the class token has none).
+        # The reference allocates N + 1 position rows and adds the first N (none for the class).
         pos_emb = self.param("pos_emb", EMBED_INIT, (n + 1, self.embed_dim))
         x = _layer_norm("emb_norm")(x + pos_emb[:n])
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)

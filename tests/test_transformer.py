@@ -139,7 +139,9 @@ def test_dropout_active_only_in_training():
 
     @functools.partial(jax.jit, static_argnums=1)
     def apply(rng, train):
-        return model.apply({"params": params}, tokens, class_ids, train=train, rngs={"dropout": rng})
+        return model.apply(
+            {"params": params}, tokens, class_ids, train=train, rngs={"dropout": rng}
+        )
 
     chex.assert_trees_all_close(
         apply(jax.random.key(0), False),

@@ -1,0 +1,284 @@
+"""Evaluates a trained experiment (SPEC §5): linear probes, FID, IS and CAS.
+
+    python -m ssl_vqvae.evaluate --workdir=runs/gp [--fcn_epochs=1000] [--cas_epochs=1000]
+        [--seed=0] [--cache_dir=~/.cache/ssl_vqvae/fcn]
+
+Writes `<workdir>/eval/report.json`, `report.md` and figures (real vs generated per class, a PCA
+of FCN features, codebook usage). The FID/IS classifier is trained once per dataset and cached
+(`evaluation.classifier.load_or_train_fcn`); the CAS classifier lives in `<workdir>/eval/cas/`.
+Both resume after an interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from ssl_vqvae import experiment, stft
+from ssl_vqvae.api import Experiment
+from ssl_vqvae.data import UCRDataset
+from ssl_vqvae.evaluation import cas, classifier, report
+from ssl_vqvae.evaluation.metrics import frechet_distance, inception_score
+from ssl_vqvae.evaluation.probes import linear_probe_accuracies
+
+EVAL_DIR = "eval"
+MIN_GENERATED = 256  # the reference samples max(N_test, 256) series and scores the first N_test
+MIN_TEST_SERIES = 10  # IS splits the scored set into 10 parts
+STAGE_CONFIGS = (("stage1", "configs/stage1_vibcreg.py"), ("stage2", "configs/stage2_maskgit.py"))
+NUM_PHASES = 6
+
+
+def check_trained(workdir: pathlib.Path) -> None:
+    """Fails with the command to run when a stage of the experiment is missing."""
+    for stage, config in STAGE_CONFIGS:
+        folder = experiment.stage_dir(workdir, stage)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} not found: evaluation needs a trained {stage}; run "
+                f"`python train.py --config={config} --workdir={workdir}` first"
+            )
+
+
+def check_test_split(dataset: UCRDataset) -> None:
+    if len(dataset.test) < MIN_TEST_SERIES:
+        raise ValueError(
+            f"dataset {dataset.name!r} has {len(dataset.test)} test series; FID, IS and CAS "
+            f"need a test split of at least {MIN_TEST_SERIES}"
+        )
+
+
+class _Progress:
+    """Prints each phase as it starts and ends, and records its wall time."""
+
+    def __init__(self, total: int):
+        self.total, self.index, self.timings = total, 0, {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.index += 1
+        tag = f"[evaluate] ({self.index}/{self.total}) {name}"
+        print(f"{tag} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - start
+        print(f"{tag}: done in {self.timings[name]:.1f} s", flush=True)
+
+
+def linear_probes(exp: Experiment) -> dict[str, float]:
+    """SVM / KNN accuracy of the tokenizer's pooled quantised latents, eval mode (SPEC §5.4)."""
+    train, test = exp.dataset.train, exp.dataset.test
+    return linear_probe_accuracies(
+        exp.represent(train.x, scaled=True), train.y, exp.represent(test.x, scaled=True), test.y
+    )
+
+
+def stft_round_trip(x: np.ndarray, n_fft: int) -> np.ndarray:
+    """ISTFT(STFT(x)): float32 [N, L, C] -> [N, 2*floor(L/2), C] for n_fft = 8 (SPEC §5.2)."""
+    return np.asarray(stft.istft(stft.stft(jnp.asarray(x), n_fft), n_fft))
+
+
+def fidelity_metrics(
+    exp: Experiment, fcn: classifier.ClassifierRun, seed: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """FID and IS of unconditional samples against the round-tripped test split (SPEC §5.2).
+
+    Returns:
+      (metrics, arrays): arrays holds the scored series and FCN features ("real", "generated",
+      "real_features", "generated_features") for the figures.
+    """
+    test = exp.dataset.test
+    real = stft_round_trip(test.x, exp.stage1_config.model.n_fft)
+    num_generated = max(len(test), MIN_GENERATED)
+    generated, _ = exp.sample(num_generated, None, scaled=True, seed=seed)
+    generated = generated[: len(test)]
+    _, real_features = classifier.fcn_outputs(fcn.model, fcn.variables, real, exp.mesh)
+    probs, generated_features = classifier.fcn_outputs(
+        fcn.model, fcn.variables, generated, exp.mesh
+    )
+    is_mean, is_std = inception_score(probs, rng=np.random.default_rng(seed))
+    metrics = {
+        "fid": frechet_distance(real_features, generated_features),
+        "is_mean": is_mean,
+        "is_std": is_std,
+        "num_test": len(test),
+        "num_generated": num_generated,
+        "eval_length": int(real.shape[1]),
+    }
+    arrays = {
+        "real": real,
+        "generated": generated,
+        "real_features": real_features,
+        "generated_features": generated_features,
+    }
+    return metrics, arrays
+
+
+def _print_plan(
+    dataset: UCRDataset,
+    fcn_dir: pathlib.Path,
+    fcn_epochs: int,
+    cas_epochs: int,
+    num_synthetic: int,
+    num_devices: int,
+) -> None:
+    """The step counts that the epoch settings imply, before anything long starts."""
+    fcn_steps = classifier.steps_per_epoch(len(dataset.train), classifier.BATCH_SIZE, num_devices)
+    cas_steps = classifier.steps_per_epoch(num_synthetic, classifier.BATCH_SIZE, num_devices)
+    cached = "cached" if (fcn_dir / classifier.SUMMARY_FILE).is_file() else "to train"
+    print(
+        f"[evaluate] {dataset.name} on {num_devices} device(s): FCN {fcn_epochs} epochs x "
+        f"{fcn_steps} steps = {fcn_epochs * fcn_steps} steps ({cached}: {fcn_dir}); CAS "
+        f"{cas_epochs} epochs x {cas_steps} steps = {cas_epochs * cas_steps} steps on "
+        f"{num_synthetic} synthetic series; FID/IS on {len(dataset.test)} test series",
+        flush=True,
+    )
+
+
+def evaluate_experiment(
+    workdir: str | pathlib.Path,
+    *,
+    fcn_epochs: int = classifier.DEFAULT_EPOCHS,
+    cas_epochs: int = classifier.DEFAULT_EPOCHS,
+    seed: int = 0,
+    cache_dir: str | pathlib.Path | None = None,
+    cas_min_samples: int = cas.MIN_SYNTHETIC_TRAIN,
+) -> dict[str, Any]:
+    """Runs every metric of SPEC §5 on a trained experiment and writes `<workdir>/eval/`.
+
+    Args:
+      workdir: experiment folder with trained `stage1/` and `stage2/`.
+      fcn_epochs: epochs of the cached FID/IS classifier (trained once per dataset).
+      cas_epochs: epochs of the CAS classifier trained on synthetic series.
+      seed: seeds sampling, the IS shuffle and the CAS classifier.
+      cache_dir: FCN cache root (default `$SSL_VQVAE_CACHE` or `~/.cache/ssl_vqvae/fcn`).
+      cas_min_samples: the synthetic train set is scaled up to about this many series.
+
+    Returns:
+      The report (also written to `report.json`): probe accuracies, FID, IS, CAS, FCN accuracy,
+      codebook usage, settings and per-phase wall times.
+    """
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    check_trained(workdir)
+    progress = _Progress(NUM_PHASES)
+    with progress.phase("load experiment"):
+        exp = Experiment.load(workdir, require_prior=True)
+        check_test_split(exp.dataset)
+    dataset, out = exp.dataset, workdir / EVAL_DIR
+    fcn_dir = classifier.fcn_cache_dir(cache_dir, dataset.name, fcn_epochs)
+    counts = cas.synthetic_class_counts(dataset.train.y, dataset.num_classes, cas_min_samples)
+    _print_plan(dataset, fcn_dir, fcn_epochs, cas_epochs, int(counts.sum()), exp.mesh.size)
+
+    with progress.phase("linear probes"):
+        probes = linear_probes(exp)
+    with progress.phase("FID/IS classifier"):
+        fcn = classifier.load_or_train_fcn(dataset, cache_dir, num_epochs=fcn_epochs)
+    with progress.phase("FID and IS"):
+        fidelity, arrays = fidelity_metrics(exp, fcn, seed)
+    with progress.phase("CAS"):
+        cas_result = cas.classification_accuracy_score(
+            exp,
+            out / "cas" / f"epochs{cas_epochs}_seed{seed}",
+            num_epochs=cas_epochs,
+            seed=seed,
+            min_total=cas_min_samples,
+        )
+    with progress.phase("codebook usage, report and figures"):
+        tokens = exp.encode(dataset.test.x, scaled=True)
+        counts = report.codebook_counts(tokens, exp.tokenizer.codebook_size)
+        results = {
+            "workdir": str(workdir),
+            "dataset": dataset.name,
+            "ssl_method": exp.stage1_config.ssl.method,
+            "augmentations": exp.stage1_config.ssl.augmentations,
+            "prior_variant": exp.stage2_config.resolved_variant,
+            "seed": seed,
+            **probes,
+            **fidelity,
+            "fcn_test_accuracy": fcn.test_accuracy,
+            "fcn_epochs": fcn_epochs,
+            "fcn_steps": fcn.summary["num_steps"],
+            "fcn_dir": str(fcn_dir),
+            "cas_accuracy": cas_result.accuracy,
+            "cas_val_acc_ema": cas_result.val_acc_ema,
+            "cas_num_train": len(cas_result.y),
+            "cas_epochs": cas_epochs,
+            "cas_steps": cas_result.summary["num_steps"],
+            **report.token_statistics(counts),
+        }
+        _write_figures(out, dataset, arrays, cas_result, counts)
+    results["timings_s"] = progress.timings
+    report.write_report(results, out)
+    print(f"[evaluate] wrote {out / 'report.json'} and {out / 'report.md'}")
+    return results
+
+
+def _write_figures(
+    out: pathlib.Path,
+    dataset: UCRDataset,
+    arrays: dict[str, np.ndarray],
+    cas_result: cas.CASResult,
+    counts: np.ndarray,
+) -> None:
+    report.plot_real_vs_generated(
+        out / "real_vs_generated.png",
+        dataset.test.x,
+        dataset.test.y,
+        cas_result.x,
+        cas_result.y,
+        title=f"{dataset.name}: real test series vs class-conditional samples",
+    )
+    report.plot_feature_pca(
+        out / "fcn_features_pca.png",
+        arrays["real_features"],
+        arrays["generated_features"],
+        title=f"{dataset.name}: FCN features, real (STFT round trip) vs unconditional samples",
+    )
+    report.plot_codebook_usage(
+        out / "codebook_usage.png", counts, title=f"{dataset.name}: codes of the test-set tokens"
+    )
+
+
+def define_flags() -> None:
+    """Command-line flags of the evaluation entry points."""
+    flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
+    flags.DEFINE_integer("fcn_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the FID/IS FCN.")
+    flags.DEFINE_integer("cas_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the CAS FCN.")
+    flags.DEFINE_integer("seed", 0, "Seed of sampling, the IS shuffle and the CAS FCN.")
+    flags.DEFINE_string(
+        "cache_dir",
+        None,
+        f"FCN cache (default ${classifier.CACHE_ENV} or {classifier.DEFAULT_CACHE_DIR}).",
+    )
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+    options = flags.FLAGS
+    try:
+        check_trained(pathlib.Path(options.workdir).expanduser().absolute())
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    results = evaluate_experiment(
+        options.workdir,
+        fcn_epochs=options.fcn_epochs,
+        cas_epochs=options.cas_epochs,
+        seed=options.seed,
+        cache_dir=options.cache_dir,
+    )
+    print(report.markdown_table(results))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

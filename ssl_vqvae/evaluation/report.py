@@ -1,0 +1,169 @@
+"""Evaluation report: `report.json`, a one-row Markdown table and the evaluation figures."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ssl_vqvae import plots
+
+MAX_PLOT_CLASSES = 6
+PCA_COMPONENTS = 2
+SCATTER_SIZE = 6
+SCATTER_ALPHA = 0.5
+
+# (cell key of `table_cells`, column header) of the Markdown table.
+TABLE_COLUMNS = (
+    ("dataset", "dataset"),
+    ("ssl", "ssl method"),
+    ("svm", "SVM (%)"),
+    ("knn", "KNN (%)"),
+    ("fid", "FID"),
+    ("is", "IS"),
+    ("cas", "CAS final / ema (%)"),
+    ("fcn", "FCN test acc. (%)"),
+)
+
+
+def _percent(value: float) -> str:
+    return f"{100.0 * value:.1f}"
+
+
+def table_cells(report: Mapping[str, Any]) -> dict[str, str]:
+    """The Markdown cells of one report, keyed like `TABLE_COLUMNS`."""
+    ssl = report["ssl_method"]
+    if ssl != "none":
+        ssl = f"{ssl} ({report['augmentations']})"
+    return {
+        "dataset": report["dataset"],
+        "ssl": ssl,
+        "svm": _percent(report["svm_accuracy"]),
+        "knn": _percent(report["knn_accuracy"]),
+        "fid": f"{report['fid']:.2f}",
+        "is": f"{report['is_mean']:.2f} ± {report['is_std']:.2f}",
+        "cas": f"{_percent(report['cas_accuracy'])} / {_percent(report['cas_val_acc_ema'])}",
+        "fcn": _percent(report["fcn_test_accuracy"]),
+    }
+
+
+def markdown_table(report: Mapping[str, Any]) -> str:
+    """A header, a rule and one row for the report."""
+    cells = table_cells(report)
+    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"
+    row = "| " + " | ".join(cells[key] for key, _ in TABLE_COLUMNS) + " |"
+    return "\n".join([header, rule, row])
+
+
+def write_report(report: Mapping[str, Any], directory: pathlib.Path) -> None:
+    """Writes `report.json` (everything) and `report.md` (the table plus settings)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    lines = [
+        f"# Evaluation of {report['workdir']}",
+        "",
+        markdown_table(report),
+        "",
+        f"- FID / IS: {report['num_test']} real test series (STFT round trip) vs the first "
+        f"{report['num_test']} of {report['num_generated']} unconditional samples, length "
+        f"{report['eval_length']}; FCN trained {report['fcn_epochs']} epochs "
+        f"({report['fcn_steps']} steps), cached in `{report['fcn_dir']}`.",
+        f"- CAS: FCN trained {report['cas_epochs']} epochs ({report['cas_steps']} steps) on "
+        f"{report['cas_num_train']} class-conditional samples; final test accuracy / "
+        "val_acc_ema (EMA 0.01 of per-batch test accuracy).",
+        "- Linear probes on pooled quantised latents in eval mode (the thesis ran them in "
+        "training mode, SPEC §5.4).",
+        f"- Test-set tokens use {report['codebook_usage']:.0%} of the codebook "
+        f"(perplexity {report['token_perplexity']:.1f}); seed {report['seed']}.",
+        "",
+    ]
+    (directory / "report.md").write_text("\n".join(lines))
+
+
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection onto the first two principal axes (numpy SVD of the centred features).
+
+    Args:
+      features: [N, D].
+
+    Returns:
+      (projected [N, 2], explained variance ratio [2]).
+    """
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2 or features.shape[1] < PCA_COMPONENTS:
+        raise ValueError(f"features: expected [N >= 2, D >= 2], got shape {features.shape}")
+    centred = features - features.mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    variance = singular**2
+    ratio = variance[:PCA_COMPONENTS] / max(variance.sum(), np.finfo(np.float64).tiny)
+    return centred @ axes[:PCA_COMPONENTS].T, ratio
+
+
+def plot_real_vs_generated(
+    path: pathlib.Path,
+    real: np.ndarray,
+    real_labels: np.ndarray,
+    generated: np.ndarray,
+    generated_labels: np.ndarray,
+    title: str,
+) -> None:
+    """Rows of real then generated series for each class present in both (at most 6 classes)."""
+    rows = []
+    classes = np.intersect1d(np.unique(real_labels), np.unique(generated_labels))
+    for label in classes[:MAX_PLOT_CLASSES]:
+        rows.append((f"real {label}", real[real_labels == label]))
+        rows.append((f"generated {label}", generated[generated_labels == label]))
+    plots.plot_series_rows(path, rows, title=title)
+
+
+def plot_feature_pca(
+    path: pathlib.Path, real_features: np.ndarray, generated_features: np.ndarray, title: str
+) -> None:
+    """Scatter of FCN features, real vs generated, on the principal axes of both together."""
+    projected, ratio = pca_2d(np.concatenate([real_features, generated_features]))
+    figure, axis = plt.subplots(figsize=(5, 4))
+    split = len(real_features)
+    for name, points in (("real", projected[:split]), ("generated", projected[split:])):
+        axis.scatter(points[:, 0], points[:, 1], s=SCATTER_SIZE, alpha=SCATTER_ALPHA, label=name)
+    axis.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    axis.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+    axis.legend()
+    axis.set_title(title, fontsize=9)
+    _save(figure, path)
+
+
+def codebook_counts(tokens: np.ndarray, codebook_size: int) -> np.ndarray:
+    """How often each code occurs: int [N, tokens] -> int64 [codebook_size]."""
+    return np.bincount(np.asarray(tokens).ravel(), minlength=codebook_size)
+
+
+def token_statistics(counts: np.ndarray) -> dict[str, float]:
+    """Fraction of codes used and the perplexity `exp(H)` of the code frequencies."""
+    probs = counts / counts.sum()
+    used = probs[probs > 0]
+    return {
+        "codebook_usage": float(np.mean(counts > 0)),
+        "token_perplexity": float(np.exp(-np.sum(used * np.log(used)))),
+    }
+
+
+def plot_codebook_usage(path: pathlib.Path, counts: np.ndarray, title: str) -> None:
+    """Bar chart of code frequencies."""
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.bar(np.arange(len(counts)), counts / counts.sum(), width=0.9)
+    axis.set_xlabel("code id")
+    axis.set_ylabel("frequency")
+    axis.set_title(title, fontsize=9)
+    _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: pathlib.Path) -> None:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

@@ -1,0 +1,213 @@
+"""Stage-1 model, loss, train step (sharded and not), end-to-end training and resume."""
+
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_vqvae import config_lib, data, pipeline, sharding, stage1, training
+from ssl_vqvae.vqvae import VQVAE
+
+GUNPOINT_LENGTH = 150
+
+
+def _param_count(config, length=GUNPOINT_LENGTH):
+    model = stage1.build_model(config, length, 1)
+    x = jnp.zeros((4, length, 1))
+    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
+    return training.count_params(shapes["params"]), model
+
+
+def _tokenizer_formula(d, res, num_down, c=1):
+    """Hand count of SPEC §2.3-2.4: convs with bias, BatchNorm scale+bias."""
+    down_first = 12 * 2 * c * d + d + 2 * d
+    down_rest = (num_down - 1) * (12 * d * d + d + 2 * d)
+    enc_res = res * ((9 * d * d + d) + 2 * d + (d * d + d) + 2 * d)
+    dec_res = res * ((9 * d * d + d) + (d * d + d) + 2 * d)
+    up_rest = (num_down - 1) * (12 * d * d + d + 2 * d)
+    up_last = (12 * d * 2 * c + 2 * c) + (12 * (2 * c) ** 2 + 2 * c)
+    return down_first + down_rest + enc_res + dec_res + up_rest + up_last
+
+
+def _projector_formula(d_in, h, o, iternorm):
+    return (d_in * h + h) + 2 * h + (h * h + h) + 2 * h + (h * o + o) + (2 * o if iternorm else 0)
+
+
+@pytest.mark.parametrize(
+    "method, arg, d, res, proj",
+    [
+        ("none", "tiny", 16, 1, 0),
+        ("vibcreg", "tiny", 16, 1, 32),
+        ("none", None, 64, 4, 0),
+        ("barlowtwins", None, 64, 4, 4096),
+        ("vibcreg", None, 64, 4, 4096),
+    ],
+)
+def test_parameter_counts_pinned(method, arg, d, res, proj):
+    count, model = _param_count(config_lib.stage1(method, arg))
+    expected = _tokenizer_formula(d, res, num_down=3)  # GunPoint: L=150 -> 3 down blocks
+    if proj:
+        expected += _projector_formula(2 * d, proj, proj, iternorm=method == "vibcreg")
+    assert count == expected
+    assert model.token_grid == (5, 9)
+    pinned = {("none", None): 530_932, ("vibcreg", None): 34_646_516}
+    assert pinned.get((method, arg), count) == count
+
+
+@pytest.fixture(scope="module")
+def gunpoint():
+    return data.load_ucr("GunPoint")
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(gunpoint):
+    """Model, optimizer, raw step and a first batch for the tiny VIbCReg config."""
+    config = config_lib.stage1("vibcreg", "tiny")
+    model = stage1.build_model(config, gunpoint.length, 1)
+    optimizer = training.make_optimizer(1e-3, 1e-3, 100)
+    names = ("window_warp", "amplitude_resize")
+    batches = pipeline.BatchIterator(gunpoint.train, 16, seed=0, augmentations=names)
+    state = stage1.init_state(model, optimizer, jnp.asarray(gunpoint.train.x[:16]),
+                              jax.random.key(0))
+    step = chex.assert_max_traces(stage1.make_train_step(model, optimizer, config.ssl), n=1)
+    return model, optimizer, step, state, batches
+
+
+def _copy(tree):
+    """A private copy: the compiled step donates (deletes) the state it is given."""
+    return jax.tree.map(jnp.copy, tree)
+
+
+@pytest.fixture(scope="module")
+def sharded_step(tiny_setup):
+    return training.compile_step(tiny_setup[2], sharding.make_mesh())
+
+
+def _step_on(devices, model, optimizer, ssl_config, state, batch):
+    mesh = sharding.make_mesh(devices)
+    step = training.compile_step(stage1.make_train_step(model, optimizer, ssl_config), mesh)
+    return jax.device_get(step(sharding.replicate(_copy(state), mesh),
+                               sharding.shard_batch(batch, mesh), jax.random.key(1)))
+
+
+@pytest.mark.parametrize("method", ["none", "vibcreg"])
+def test_one_step_on_four_devices_equals_one_device(method, gunpoint):
+    """The sharded step is the single-device math.
+
+    For SSL methods only the forward values are compared: max-pooling the straight-through
+    codewords `z + sg(e - z)` meets near-exact ties (many positions share a codeword), so
+    reduction-order rounding of z (~1e-7) may route the max's gradient to another tied
+    position; the gradients are then equally valid but not equal.
+    """
+    config = config_lib.stage1(method, "tiny")
+    model = stage1.build_model(config, gunpoint.length, 1)
+    # Plain SGD: Adam would blow roundoff-level gradients (biases before BatchNorm) up to +-lr.
+    optimizer = optax.sgd(0.1)
+    augmentations = () if method == "none" else ("window_warp", "amplitude_resize")
+    batch = next(pipeline.BatchIterator(gunpoint.train, 16, 0, augmentations))
+    state = stage1.init_state(model, optimizer, jnp.asarray(batch["x"]), jax.random.key(0))
+    assert jax.device_count() == 4
+    state4, metrics4 = _step_on(jax.devices(), model, optimizer, config.ssl, state, batch)
+    state1, metrics1 = _step_on(jax.devices()[:1], model, optimizer, config.ssl, state, batch)
+    forward = {k: v for k, v in metrics1.items() if k != "grad_norm"}
+    chex.assert_trees_all_close({k: metrics4[k] for k in forward}, forward, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state4.variables, state1.variables, rtol=1e-4, atol=1e-5)
+    if method == "none":
+        chex.assert_trees_all_close(metrics4["grad_norm"], metrics1["grad_norm"], rtol=1e-5)
+        chex.assert_trees_all_close(state4.params, state1.params, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_decreases_without_recompiling(tiny_setup, sharded_step):
+    _, _, _, state, batches = tiny_setup
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(_copy(state), mesh)
+    losses = []
+    for _ in range(30):
+        state, metrics = sharded_step(state, sharding.shard_batch(next(batches), mesh),
+                                      jax.random.key(2))
+        losses.append(float(metrics["time_mse"] + metrics["tf_mse"]))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert int(state.step) == 30
+
+
+def test_gradients_reach_encoder_but_not_codebook(tiny_setup, gunpoint):
+    model, _, _, state, _ = tiny_setup
+    x = jnp.asarray(gunpoint.train.x[:8])
+    config = config_lib.stage1("vibcreg", "tiny").ssl
+
+    def ssl_only(params):
+        outputs, _ = model.apply({"params": params, **state.variables}, x, x * 1.1, train=True,
+                                 mutable=["batch_stats", "vq"])
+        return stage1.ssl_loss(config, outputs["proj"], outputs["proj_aug"])[0]
+
+    grads = jax.grad(ssl_only)(state.params)
+    encoder_norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads["encoder"]))
+    assert encoder_norm > 0  # through the straight-through estimator and the augmented view
+    decoder_norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads["decoder"]))
+    assert decoder_norm == 0  # the SSL loss does not involve the decoder
+    assert "vq" in state.variables and "quantizer" not in state.params
+
+
+def test_tokenize_and_decode_shapes(tiny_setup, gunpoint):
+    model, _, _, state, _ = tiny_setup
+    variables = {"params": state.params, **state.variables}
+    x = jnp.asarray(gunpoint.test.x[:4])
+    tokens = model.apply(variables, x, method=VQVAE.tokenize)
+    chex.assert_shape(tokens, (4, 45))
+    assert tokens.dtype == jnp.int32 and int(tokens.max()) < model.codebook_size
+    series = model.apply(variables, tokens, method=VQVAE.decode_tokens)
+    chex.assert_shape(series, (4, 150, 1))
+    np.testing.assert_allclose(series, model.apply(variables, x, method=VQVAE.reconstruct),
+                               atol=1e-5)
+
+
+def test_end_to_end_artifacts(tiny_experiment):
+    run = tiny_experiment / "stage1"
+    assert (run / "config.json").is_file() and (run / "checkpoints" / "8").is_dir()
+    records = [r for r in _metrics(run) if "eval/time_mse" in r]
+    assert records and "eval/svm_accuracy" in records[-1] and "eval/knn_accuracy" in records[-1]
+    assert list((run / "plots").glob("reconstruction_*.png"))
+    assert list((run / "tensorboard").iterdir())
+
+
+def _metrics(run):
+    from ssl_vqvae.metrics import read_metrics
+
+    return read_metrics(run)
+
+
+def test_resume_continues_and_restores_state_exactly(tiny_experiment, tmp_path, capsys):
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_experiment / "stage1", workdir / "stage1")
+    config = config_lib.stage1("vibcreg", "tiny")
+    config.train.num_steps = 12
+    final = stage1.train_and_evaluate(config, str(workdir))
+    assert "resumed from step 8" in capsys.readouterr().out
+    assert int(final.step) == 12
+    steps = [r["step"] for r in _metrics(workdir / "stage1") if "train/loss" in r]
+    assert steps == [4, 8, 12]
+    model = stage1.build_model(config, GUNPOINT_LENGTH, 1)
+    optimizer = training.make_optimizer(1e-3, 1e-3, 1)
+    abstract = jax.eval_shape(lambda: stage1.init_state(
+        model, optimizer, jnp.zeros((4, GUNPOINT_LENGTH, 1)), jax.random.key(0)))
+    restored = training.restore_state(workdir / "stage1", abstract, sharding.make_mesh())
+    chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(final))
+
+
+def test_bad_config_values_fail_clearly(tmp_path):
+    config = config_lib.stage1("vibcreg", "tiny")
+    config.ssl.method = "simsiam"
+    with pytest.raises(ValueError, match="ssl.method='simsiam'"):
+        stage1.train_and_evaluate(config, str(tmp_path))
+    config = config_lib.stage1("vibcreg", "tiny")
+    config.ssl.augmentations = "warp,jitter"
+    with pytest.raises(ValueError, match="jitter"):
+        stage1.train_and_evaluate(config, str(tmp_path))
+    config = config_lib.stage1("vibcreg", "tiny")
+    config.data.dataset = "NoSuchSet"
+    with pytest.raises(FileNotFoundError, match="'NoSuchSet' not found"):
+        stage1.train_and_evaluate(config, str(tmp_path))
