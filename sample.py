@@ -11,9 +11,9 @@ label = num_classes marks unconditional samples) and a PNG of generated vs real 
 import pathlib
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from ssl_vqvae import Experiment, plots
+from ssl_vqvae import Experiment, cli, plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
@@ -38,9 +38,7 @@ def _class_ids(spec: str, num_classes: int) -> list[int | None]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    del argv
     experiment = Experiment.load(FLAGS.workdir, require_prior=True)
     output = pathlib.Path(FLAGS.output or experiment.workdir / "samples")
     output.mkdir(parents=True, exist_ok=True)
@@ -48,8 +46,12 @@ def main(argv: list[str]) -> None:
     series, labels = [], []
     for class_id in _class_ids(FLAGS.class_id, dataset.num_classes):
         samples, ids = experiment.sample(
-            FLAGS.num_samples, class_id, guidance_scale=FLAGS.guidance_scale,
-            num_steps=FLAGS.steps, choice_temperature=FLAGS.temperature, seed=FLAGS.seed,
+            FLAGS.num_samples,
+            class_id,
+            guidance_scale=FLAGS.guidance_scale,
+            num_steps=FLAGS.steps,
+            choice_temperature=FLAGS.temperature,
+            seed=FLAGS.seed,
         )
         series.append(samples)
         labels.append(ids)
@@ -67,4 +69,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,23 +7,26 @@ Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from ssl_vqvae import stage1, stage2
+from ssl_vqvae import cli, stage1, stage2
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Experiment folder (one per experiment).")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host GPU / TPU pods)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 TRAINERS = {"stage1": stage1.train_and_evaluate, "stage2": stage2.train_and_evaluate}
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+    del argv
+    if FLAGS.distributed:
+        jax.distributed.initialize()
     config = FLAGS.config
     if config.stage not in TRAINERS:
         raise app.UsageError(f"config.stage={config.stage!r}; expected one of {list(TRAINERS)}")
@@ -32,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

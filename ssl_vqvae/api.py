@@ -52,8 +52,9 @@ class Experiment:
                 stage2_dir, mesh
             )
             config1 = experiment.read_config(pathlib.Path(config2.stage1_dir))
-            return cls(workdir, dataset, tokenizer, variables, config1, mesh, prior, params,
-                       config2)
+            return cls(
+                workdir, dataset, tokenizer, variables, config1, mesh, prior, params, config2
+            )
         if require_prior:
             raise FileNotFoundError(
                 f"{stage2_dir} has no trained prior; run train.py with configs/stage2_maskgit.py "
@@ -74,8 +75,10 @@ class Experiment:
             x = x[..., None]
         expected = (self.dataset.length, self.dataset.channels)
         if x.ndim != 3 or x.shape[1:] != expected:
-            raise ValueError(f"series: expected shape [B, {expected[0]}(, {expected[1]})], "
-                             f"got {np.shape(series)}")
+            raise ValueError(
+                f"series: expected shape [B, {expected[0]}(, {expected[1]})], "
+                f"got {np.shape(series)}"
+            )
         if not np.all(np.isfinite(x)):
             raise ValueError("series: contains NaN or infinite values")
         if not scaled:
@@ -91,9 +94,13 @@ class Experiment:
         return self._compiled[method]
 
     def _apply(self, method, series: np.ndarray, scaled: bool) -> np.ndarray:
-        return stage1.apply_in_batches(self._tokenizer_fn(method), self.tokenizer_variables,
-                                       self._prepare(series, scaled), self.eval_batch_size,
-                                       self.mesh)
+        return stage1.apply_in_batches(
+            self._tokenizer_fn(method),
+            self.tokenizer_variables,
+            self._prepare(series, scaled),
+            self.eval_batch_size,
+            self.mesh,
+        )
 
     def encode(self, series: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Token ids (nearest codes): series [B, L(, C)] -> int32 [B, N], row-major over (H, W')."""
@@ -160,12 +167,18 @@ class Experiment:
         else:
             guidance = (
                 self.stage2_config.sampling.guidance_scale
-                if guidance_scale is None else guidance_scale
+                if guidance_scale is None
+                else guidance_scale
             )
             class_ids = np.full(num_samples, class_id, np.int32)
         series = generate.generate_in_batches(
-            self._compiled[decoding], self.prior_params, self.tokenizer_variables, class_ids,
-            jax.random.key(seed), guidance, _generation_batch(num_samples, self.mesh.size),
+            self._compiled[decoding],
+            self.prior_params,
+            self.tokenizer_variables,
+            class_ids,
+            jax.random.key(seed),
+            guidance,
+            _generation_batch(num_samples, self.mesh.size),
             self.mesh,
         )
         return (series if scaled else self.dataset.unscale(series)), class_ids

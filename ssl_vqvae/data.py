@@ -129,7 +129,9 @@ def read_ucr_file(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         text = handle.read()
     rows = [line for line in text.splitlines() if line.strip()]
     if not rows:
-        raise ValueError(f"{path}: empty file, expected tab-separated rows 'label<TAB>v1<TAB>v2...'")
+        raise ValueError(
+            f"{path}: empty file, expected tab-separated rows 'label<TAB>v1<TAB>v2...'"
+        )
     width = len(rows[0].split("\t"))
     if width < 2:
         raise ValueError(f"{path}:1: expected a label and at least one value separated by tabs")
@@ -175,7 +177,8 @@ def _handle_variable_length(values: np.ndarray, path: pathlib.Path, policy: str)
         return values
     if policy == "error":
         raise ValueError(
-            f"{path}: variable-length series (lengths {lengths.min()}..{lengths.max()}, NaN-padded); "
+            f"{path}: variable-length series (lengths {lengths.min()}..{lengths.max()}, "
+            "NaN-padded); "
             "set --config.data.variable_length=resample (stretch each to the longest) or zero_pad"
         )
     full_length = values.shape[1]
@@ -210,7 +213,8 @@ def from_arrays(
         x_test = x_test[..., None]
     if x_train.ndim != 3 or x_test.ndim != 3 or x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(
-            f"dataset {name!r}: expected train/test series shaped [N, length(, channels)] with equal "
+            f"dataset {name!r}: expected train/test series shaped [N, length(, channels)] with "
+            "equal "
             f"length and channels, got {x_train.shape} and {x_test.shape}"
         )
     class_labels, y_train_ids = np.unique(np.asarray(y_train), return_inverse=True)

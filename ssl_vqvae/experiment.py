@@ -39,9 +39,7 @@ def read_config(directory: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> data.UCRDataset:
-    return data.load_ucr(
-        config.data.dataset, config.data.root or None, config.data.variable_length
-    )
+    return data.load_ucr(config.data.dataset, config.data.root or None, config.data.variable_length)
 
 
 def validate_stage1(config: ml_collections.ConfigDict) -> None:

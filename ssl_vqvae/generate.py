@@ -1,4 +1,7 @@
-"""Series generation: MaskGIT decoding of token ids, then the frozen tokenizer's decoder (SPEC §4.5)."""
+"""Series generation: MaskGIT decoding of token ids, then the frozen tokenizer's decoder.
+
+See SPEC §4.5.
+"""
 
 from __future__ import annotations
 

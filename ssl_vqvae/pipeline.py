@@ -40,11 +40,11 @@ class BatchIterator:
         `x_aug`, one augmented view of each series (SPEC §3.1).
     """
 
-    def __init__(
-        self, split: Split, batch_size: int, seed: int, augmentations: Sequence[str] = ()
-    ):
+    def __init__(self, split: Split, batch_size: int, seed: int, augmentations: Sequence[str] = ()):
         if batch_size > len(split):
-            raise ValueError(f"batch_size {batch_size} exceeds the {len(split)} series of the split")
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {len(split)} series of the split"
+            )
         self._split = split
         self._batch_size = batch_size
         self._seed = seed
@@ -86,9 +86,7 @@ class BatchIterator:
         return batch
 
 
-def padded_batches(
-    split: Split, batch_size: int
-) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def padded_batches(split: Split, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Walks a split in order with fixed-size batches, padding the last one.
 
     Yields:

@@ -40,9 +40,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
     def put(array: np.ndarray) -> jax.Array:
         if array.shape[0] % mesh.size:
-            raise ValueError(
-                f"batch of {array.shape[0]} does not split over {mesh.size} devices"
-            )
+            raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
         local = np.array_split(array, num_processes)[index]
         return jax.make_array_from_process_local_data(sharding, local, array.shape)
 

@@ -223,7 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     mesh = sharding.make_mesh()
     batch_size, eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)
     augmentations = (
-        () if config.ssl.method == "none" else augment.resolve_augmentations(config.ssl.augmentations)
+        ()
+        if config.ssl.method == "none"
+        else augment.resolve_augmentations(config.ssl.augmentations)
     )
     batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed, augmentations)
     schedule = experiment.Schedule(config.train, batches.steps_per_epoch)
@@ -237,8 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     state = init_state(model, optimizer, jnp.asarray(dataset.train.x[:batch_size]), rng)
     print(
         f"[stage1] {dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test series "
-        f"of length {dataset.length}; ssl={config.ssl.method}; {training.count_params(state.params):,}"
-        f" params; token grid {model.token_grid}; batch {batch_size} on {mesh.size} device(s); "
+        f"of length {dataset.length}; ssl={config.ssl.method}; "
+        f"{training.count_params(state.params):,} params; token grid {model.token_grid}; batch {batch_size} on {mesh.size} device(s); "
         f"{schedule.num_steps} steps"
     )
     step_fn = training.compile_step(make_train_step(model, optimizer, config.ssl), mesh)

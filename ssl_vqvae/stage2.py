@@ -33,9 +33,7 @@ def resolve_variant(config: ml_collections.ConfigDict, ssl_method: str) -> str:
     """The thesis pairs the baseline with the token-index prior and SSL with full-embedding."""
     variant = config.prior.variant
     if variant not in config_lib.PRIOR_VARIANTS:
-        raise ValueError(
-            f"prior.variant={variant!r}; expected one of {config_lib.PRIOR_VARIANTS}"
-        )
+        raise ValueError(f"prior.variant={variant!r}; expected one of {config_lib.PRIOR_VARIANTS}")
     if variant == "auto":
         return "token_index" if ssl_method == "none" else "full_embedding"
     return variant
@@ -166,8 +164,18 @@ def resolve_stage1_dir(config: ml_collections.ConfigDict, workdir: str) -> pathl
 class Stage2Evaluator:
     """Validation loss on the test split and a plot of class-conditional samples."""
 
-    def __init__(self, prior, tokenizer, tokenizer_variables, dataset, config, convention,
-                 run_dir, eval_batch_size, mesh):
+    def __init__(
+        self,
+        prior,
+        tokenizer,
+        tokenizer_variables,
+        dataset,
+        config,
+        convention,
+        run_dir,
+        eval_batch_size,
+        mesh,
+    ):
         self.prior, self.dataset, self.config = prior, dataset, config
         self.tokenizer_variables = tokenizer_variables
         self.run_dir, self.batch_size, self.mesh = run_dir, eval_batch_size, mesh
@@ -189,7 +197,10 @@ class Stage2Evaluator:
         ):
             batch = sharding.shard_batch(batch, self.mesh)
             batch_losses = self.eval_losses(
-                state.params, self.tokenizer_variables, batch["x"], batch["y"],
+                state.params,
+                self.tokenizer_variables,
+                batch["x"],
+                batch["y"],
                 jax.random.fold_in(rng, index),
             )
             losses.append(np.asarray(batch_losses)[:num_valid])
@@ -201,17 +212,24 @@ class Stage2Evaluator:
         per_class = max(1, self.mesh.size // num_classes) if num_classes < self.mesh.size else 1
         class_ids = np.repeat(np.arange(num_classes), max(per_class, 2))
         samples = generate.generate_in_batches(
-            self.generate, state.params, self.tokenizer_variables, class_ids,
-            jax.random.key(step), self.config.sampling.guidance_scale,
-            _round_up(len(class_ids), self.mesh.size), self.mesh,
+            self.generate,
+            state.params,
+            self.tokenizer_variables,
+            class_ids,
+            jax.random.key(step),
+            self.config.sampling.guidance_scale,
+            _round_up(len(class_ids), self.mesh.size),
+            self.mesh,
         )
         rows = []
         for label in range(min(num_classes, 4)):
             rows.append((f"real {label}", self.dataset.test.x[self.dataset.test.y == label]))
             rows.append((f"generated {label}", samples[class_ids == label]))
         plots.plot_series_rows(
-            self.run_dir / "plots" / f"samples_{step:07d}.png", rows,
-            title=f"{self.dataset.name}: class-conditional samples, step {step}", max_columns=2,
+            self.run_dir / "plots" / f"samples_{step:07d}.png",
+            rows,
+            title=f"{self.dataset.name}: class-conditional samples, step {step}",
+            max_columns=2,
         )
 
 
@@ -263,8 +281,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         make_train_step(prior, tokenizer, optimizer, config, convention), mesh, tokenizer_variables
     )
     evaluator = Stage2Evaluator(
-        prior, tokenizer, sharding.replicate(tokenizer_variables, mesh), dataset, config,
-        convention, run_dir, eval_batch_size, mesh,
+        prior,
+        tokenizer,
+        sharding.replicate(tokenizer_variables, mesh),
+        dataset,
+        config,
+        convention,
+        run_dir,
+        eval_batch_size,
+        mesh,
     )
     return training.fit(
         workdir=run_dir,

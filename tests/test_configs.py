@@ -22,8 +22,12 @@ def _load(name, *overrides):
 
 
 @pytest.mark.parametrize(
-    "name, method", [("stage1_vqvae.py", "none"), ("stage1_barlowtwins.py", "barlowtwins"),
-                     ("stage1_vibcreg.py", "vibcreg")]
+    "name, method",
+    [
+        ("stage1_vqvae.py", "none"),
+        ("stage1_barlowtwins.py", "barlowtwins"),
+        ("stage1_vibcreg.py", "vibcreg"),
+    ],
 )
 def test_stage1_configs_hold_spec_defaults(name, method):
     config = _load(name)
@@ -41,8 +45,9 @@ def test_stage2_config_defaults():
 
 
 def test_tiny_and_command_line_overrides():
-    config = _load("stage1_vibcreg.py:tiny", "--config.data.dataset=FordA",
-                   "--config.ssl.augmentations=slice")
+    config = _load(
+        "stage1_vibcreg.py:tiny", "--config.data.dataset=FordA", "--config.ssl.augmentations=slice"
+    )
     assert config.train.num_steps == 8 and config.model.hidden_dim == 16
     assert config.data.dataset == "FordA" and config.ssl.augmentations == "slice"
 

@@ -54,8 +54,9 @@ def test_label_mapping_sorted_from_train():
 
 def test_multivariate_arrays_keep_channels():
     rng = np.random.default_rng(0)
-    dataset = data.from_arrays("mv", rng.normal(size=(5, 9, 3)), [0, 1, 0, 1, 0],
-                               rng.normal(size=(2, 9, 3)), [1, 0])
+    dataset = data.from_arrays(
+        "mv", rng.normal(size=(5, 9, 3)), [0, 1, 0, 1, 0], rng.normal(size=(2, 9, 3)), [1, 0]
+    )
     assert dataset.train.x.shape == (5, 9, 3) and dataset.channels == 3
 
 
@@ -105,8 +106,9 @@ def test_empty_file_and_missing_dataset(tmp_path):
 
 
 def test_variable_length_resample_and_zero_pad(tmp_path):
-    root = _archive(tmp_path, "Rag", [[1, 0.0, 2.0, np.nan], [2, 1.0, 2.0, 3.0]],
-                    [[1, 0.0, 1.0, 2.0]])
+    root = _archive(
+        tmp_path, "Rag", [[1, 0.0, 2.0, np.nan], [2, 1.0, 2.0, 3.0]], [[1, 0.0, 1.0, 2.0]]
+    )
     resampled = data.load_ucr("Rag", root=root, variable_length="resample")
     raw = resampled.unscale(resampled.train.x[0, :, 0])
     np.testing.assert_allclose(raw, [0.0, 1.0, 2.0], atol=1e-5)

@@ -71,8 +71,9 @@ def tiny_setup(gunpoint):
     optimizer = training.make_optimizer(1e-3, 1e-3, 100)
     names = ("window_warp", "amplitude_resize")
     batches = pipeline.BatchIterator(gunpoint.train, 16, seed=0, augmentations=names)
-    state = stage1.init_state(model, optimizer, jnp.asarray(gunpoint.train.x[:16]),
-                              jax.random.key(0))
+    state = stage1.init_state(
+        model, optimizer, jnp.asarray(gunpoint.train.x[:16]), jax.random.key(0)
+    )
     step = chex.assert_max_traces(stage1.make_train_step(model, optimizer, config.ssl), n=1)
     return model, optimizer, step, state, batches
 
@@ -90,8 +91,13 @@ def sharded_step(tiny_setup):
 def _step_on(devices, model, optimizer, ssl_config, state, batch):
     mesh = sharding.make_mesh(devices)
     step = training.compile_step(stage1.make_train_step(model, optimizer, ssl_config), mesh)
-    return jax.device_get(step(sharding.replicate(_copy(state), mesh),
-                               sharding.shard_batch(batch, mesh), jax.random.key(1)))
+    return jax.device_get(
+        step(
+            sharding.replicate(_copy(state), mesh),
+            sharding.shard_batch(batch, mesh),
+            jax.random.key(1),
+        )
+    )
 
 
 @pytest.mark.parametrize("method", ["none", "vibcreg"])
@@ -127,8 +133,9 @@ def test_loss_decreases_without_recompiling(tiny_setup, sharded_step):
     state = sharding.replicate(_copy(state), mesh)
     losses = []
     for _ in range(30):
-        state, metrics = sharded_step(state, sharding.shard_batch(next(batches), mesh),
-                                      jax.random.key(2))
+        state, metrics = sharded_step(
+            state, sharding.shard_batch(next(batches), mesh), jax.random.key(2)
+        )
         losses.append(float(metrics["time_mse"] + metrics["tf_mse"]))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     assert int(state.step) == 30
@@ -140,8 +147,13 @@ def test_gradients_reach_encoder_but_not_codebook(tiny_setup, gunpoint):
     config = config_lib.stage1("vibcreg", "tiny").ssl
 
     def ssl_only(params):
-        outputs, _ = model.apply({"params": params, **state.variables}, x, x * 1.1, train=True,
-                                 mutable=["batch_stats", "vq"])
+        outputs, _ = model.apply(
+            {"params": params, **state.variables},
+            x,
+            x * 1.1,
+            train=True,
+            mutable=["batch_stats", "vq"],
+        )
         return stage1.ssl_loss(config, outputs["proj"], outputs["proj_aug"])[0]
 
     grads = jax.grad(ssl_only)(state.params)
@@ -161,8 +173,9 @@ def test_tokenize_and_decode_shapes(tiny_setup, gunpoint):
     assert tokens.dtype == jnp.int32 and int(tokens.max()) < model.codebook_size
     series = model.apply(variables, tokens, method=VQVAE.decode_tokens)
     chex.assert_shape(series, (4, 150, 1))
-    np.testing.assert_allclose(series, model.apply(variables, x, method=VQVAE.reconstruct),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        series, model.apply(variables, x, method=VQVAE.reconstruct), atol=1e-5
+    )
 
 
 def test_end_to_end_artifacts(tiny_experiment):
@@ -192,8 +205,11 @@ def test_resume_continues_and_restores_state_exactly(tiny_experiment, tmp_path, 
     assert steps == [4, 8, 12]
     model = stage1.build_model(config, GUNPOINT_LENGTH, 1)
     optimizer = training.make_optimizer(1e-3, 1e-3, 1)
-    abstract = jax.eval_shape(lambda: stage1.init_state(
-        model, optimizer, jnp.zeros((4, GUNPOINT_LENGTH, 1)), jax.random.key(0)))
+    abstract = jax.eval_shape(
+        lambda: stage1.init_state(
+            model, optimizer, jnp.zeros((4, GUNPOINT_LENGTH, 1)), jax.random.key(0)
+        )
+    )
     restored = training.restore_state(workdir / "stage1", abstract, sharding.make_mesh())
     chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(final))
 
