@@ -240,8 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     print(
         f"[stage1] {dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test series "
         f"of length {dataset.length}; ssl={config.ssl.method}; "
-        f"{training.count_params(state.params):,} params; token grid {model.token_grid}; batch {batch_size} on {mesh.size} device(s); "
-        f"{schedule.num_steps} steps"
+        f"{training.count_params(state.params):,} params; token grid {model.token_grid}; "
+        f"batch {batch_size} on {mesh.size} device(s); {schedule.num_steps} steps"
     )
     step_fn = training.compile_step(make_train_step(model, optimizer, config.ssl), mesh)
     evaluator = Stage1Evaluator(
