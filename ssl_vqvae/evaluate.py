@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from ssl_vqvae import experiment, stft
+from ssl_vqvae import cli, experiment, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.evaluation import cas, classifier, report
@@ -261,14 +260,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+    """Entry point for `cli.run` after `define_flags` (see the module docstring)."""
+    del argv  # cli.run rejects positional arguments
     options = flags.FLAGS
-    try:
-        check_trained(pathlib.Path(options.workdir).expanduser().absolute())
-    except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
     results = evaluate_experiment(
         options.workdir,
         fcn_epochs=options.fcn_epochs,
@@ -281,4 +275,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,9 @@
 """End-to-end evaluation of the shared tiny experiment, the probe, errors and the reproduce grid.
 
-Uses the session fixture `tiny_experiment` (conftest.py), copied before anything is written.
+The session fixture `tiny_experiment` (conftest.py) is exactly the tiny vibcreg-warp seed-1 run
+of the grid, so it is copied into a `benchmarks/reproduce.py` grid: the grid resumes both stages
+(nothing is left to train) and runs `evaluate_experiment` on it, which is the evaluation that the
+tests below inspect. Nothing is written into the fixture itself.
 """
 
 import json
@@ -25,6 +28,8 @@ import reproduce  # noqa: E402
 import thesis_results  # noqa: E402
 
 FCN_EPOCHS, CAS_EPOCHS, SEED, CAS_MIN_SAMPLES = 1, 1, 1, 100
+GRID_VARIANTS = ["vqvae", "vibcreg-warp"]
+FAKE_METRIC = 0.02
 NUMBER_KEYS = {
     "svm_accuracy",
     "knn_accuracy",
@@ -54,18 +59,32 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_experiment, tmp_path_factory, cache_dir):
-    workdir = tmp_path_factory.mktemp("evaluated") / "exp"
-    shutil.copytree(tiny_experiment, workdir)
-    results = evaluate_experiment(
-        workdir,
+def grid(tiny_experiment, tmp_path_factory, cache_dir):
+    """(settings, records of the first grid call) for GunPoint x (vqvae, vibcreg-warp) x seed 1."""
+    root = tmp_path_factory.mktemp("grid")
+    settings = reproduce.GridSettings(
+        root=root,
         fcn_epochs=FCN_EPOCHS,
         cas_epochs=CAS_EPOCHS,
-        seed=SEED,
-        cache_dir=cache_dir,
+        tiny=True,
+        cache_dir=str(cache_dir),
         cas_min_samples=CAS_MIN_SAMPLES,
     )
-    return workdir, results
+    shutil.copytree(tiny_experiment, reproduce.run_dir(root, "GunPoint", "vibcreg-warp", SEED))
+    # vqvae/seed1 counts as finished: only its report exists.
+    finished = reproduce.run_dir(root, "GunPoint", "vqvae", SEED) / "eval"
+    finished.mkdir(parents=True)
+    fake = {key: FAKE_METRIC for key, *_ in reproduce.METRICS}
+    (finished / "report.json").write_text(json.dumps(fake))
+    return settings, reproduce.run_grid(["GunPoint"], GRID_VARIANTS, [SEED], settings)
+
+
+@pytest.fixture(scope="module")
+def evaluated(grid):
+    """(workdir, report) of the evaluated tiny experiment."""
+    settings, _ = grid
+    workdir = reproduce.run_dir(settings.root, "GunPoint", "vibcreg-warp", SEED)
+    return workdir, json.loads((workdir / "eval" / "report.json").read_text())
 
 
 def test_report_has_every_metric_and_finite_values(evaluated):
@@ -86,7 +105,8 @@ def test_report_has_every_metric_and_finite_values(evaluated):
 def test_report_files(evaluated):
     workdir, results = evaluated
     out = workdir / "eval"
-    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(results))
+    assert results["workdir"] == str(workdir) and results["seed"] == SEED
+    assert set(results["timings_s"]) >= {"linear probes", "FID and IS", "CAS"}
     markdown = (out / "report.md").read_text()
     assert report.markdown_table(results) in markdown
     assert "| GunPoint | vibcreg (warp) |" in markdown
@@ -94,6 +114,9 @@ def test_report_files(evaluated):
         assert (out / name).stat().st_size > 0, name
     cas_dir = out / "cas" / f"epochs{CAS_EPOCHS}_seed{SEED}"
     assert json.loads((cas_dir / "summary.json").read_text())["num_train"] == 100
+    with np.load(cas_dir / "synthetic.npz") as synthetic:
+        chex.assert_shape(synthetic["x"], (100, 150, 1))
+        np.testing.assert_array_equal(np.bincount(synthetic["y"]), [48, 52])  # 24:26 real
 
 
 def test_fcn_is_cached_per_dataset(evaluated, cache_dir):
@@ -164,37 +187,21 @@ def test_thesis_tables_average_to_the_published_means():
     assert tuple(reproduce.VARIANTS) == thesis_results.VARIANTS
 
 
-def test_reproduce_grid_writes_results_and_skips_finished_runs(evaluated, cache_dir, tmp_path):
-    evaluated_dir, results = evaluated
-    settings = reproduce.GridSettings(
-        root=tmp_path,
-        fcn_epochs=FCN_EPOCHS,
-        cas_epochs=CAS_EPOCHS,
-        tiny=True,
-        cache_dir=str(cache_dir),
-        cas_min_samples=CAS_MIN_SAMPLES,
-    )
-    # vibcreg-warp/seed1 is exactly the tiny experiment (trained; its CAS classifier too), so
-    # the grid resumes both stages with nothing left to train, then evaluates it again.
-    run = reproduce.run_dir(tmp_path, "GunPoint", "vibcreg-warp", SEED)
-    shutil.copytree(evaluated_dir, run)
-    (run / "eval" / "report.json").unlink()
-    # vqvae/seed1 counts as finished: only its report exists.
-    finished = reproduce.run_dir(tmp_path, "GunPoint", "vqvae", SEED)
-    (finished / "eval").mkdir(parents=True)
-    (finished / "eval" / "report.json").write_text(json.dumps({**results, "fid": 2.0}))
-
-    variants = ["vqvae", "vibcreg-warp"]
-    records = reproduce.run_grid(["GunPoint"], variants, [SEED], settings)
+def test_reproduce_grid_writes_results_and_skips_finished_runs(grid, evaluated):
+    settings, records = grid
+    run, results = evaluated
     assert [r["skipped"] for r in records] == [True, False]
-    assert records[1]["report"]["svm_accuracy"] == results["svm_accuracy"]
+    assert records[1]["report"] == results
     wall = json.loads((run / reproduce.WALL_TIME_FILE).read_text())
     assert set(wall) == {"stage1_s", "stage2_s", "evaluate_s", "total_s"}
-    table = (tmp_path / "results.md").read_text()
+    assert records[0]["wall_time"] is None and records[1]["wall_time"] == wall
+    table = (settings.root / "results.md").read_text()
     assert "## FID (lower is better)" in table and "| dataset | vqvae | vibcreg-warp |" in table
-    assert "2.00±0.00 (n=1) vs —" in table  # GunPoint is not a thesis dataset
+    assert "| GunPoint | 2.0±0.0 (n=1) vs — |" in table  # fake SVM 0.02; not a thesis dataset
+    assert f"{results['fid']:.2f}±0.00 (n=1) vs —" in table
+    assert "| GunPoint | vqvae | 1 | — | — | — | — |" in table
 
-    again = reproduce.run_grid(["GunPoint"], variants, [SEED], settings)
+    again = reproduce.run_grid(["GunPoint"], GRID_VARIANTS, [SEED], settings)
     assert [r["skipped"] for r in again] == [True, True]
     assert json.loads((run / reproduce.WALL_TIME_FILE).read_text()) == wall
-    assert (tmp_path / "results.md").read_text() == table
+    assert (settings.root / "results.md").read_text() == table

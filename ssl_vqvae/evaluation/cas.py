@@ -5,6 +5,10 @@ from the prior (scaled up to about `min_total` series when the real set is small
 is trained on it and validated on the real test split every epoch. Both the final test accuracy
 and the reference statistic `val_acc_ema` are reported.
 
+The synthetic set is stored beside the classifier (`synthetic.npz`, keyed by a digest of the
+tokenizer, the prior, the class counts and the seed) so an interrupted CAS resumes on exactly the
+same series, and a rerun skips the sampling.
+
 Generated series have `2 * floor(L / 2)` samples while the real test series keep their length L;
 the FCN pools globally over time, so for odd L it is simply fed both lengths.
 """
@@ -12,6 +16,7 @@ the FCN pools globally over time, so for odd L it is simply fed both lengths.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 from typing import TYPE_CHECKING
 
@@ -28,6 +33,7 @@ MIN_SYNTHETIC_TRAIN = 1000
 GENERATION_BATCH = 256
 # Folded into the seed so class-conditional draws are independent of the unconditional ones.
 CAS_SAMPLING_STREAM = 1
+SYNTHETIC_FILE = "synthetic.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +104,31 @@ def sample_synthetic_train_set(
     return series, class_ids
 
 
+def _generator_key(experiment: Experiment, counts: np.ndarray, seed: int) -> str:
+    """Digest of everything the synthetic set depends on."""
+    digest = hashlib.sha256(f"{counts.tolist()} {seed}".encode())
+    for leaf in jax.tree.leaves(
+        jax.device_get((experiment.tokenizer_variables, experiment.prior_params))
+    ):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def load_or_sample_synthetic_train_set(
+    experiment: Experiment, counts: np.ndarray, seed: int, path: pathlib.Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_synthetic_train_set`, stored at `path` and reused while the models are the same."""
+    key = _generator_key(experiment, counts, seed)
+    if path.is_file():
+        with np.load(path) as stored:
+            if str(stored["key"]) == key:
+                return stored["x"], stored["y"]
+    x, y = sample_synthetic_train_set(experiment, counts, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y, key=key)
+    return x, y
+
+
 def classification_accuracy_score(
     experiment: Experiment,
     workdir: str | pathlib.Path,
@@ -109,7 +140,8 @@ def classification_accuracy_score(
     """Samples the synthetic train set, trains a fresh FCN on it in `workdir`, tests on real."""
     dataset = experiment.dataset
     counts = synthetic_class_counts(dataset.train.y, dataset.num_classes, min_total)
-    x, y = sample_synthetic_train_set(experiment, counts, seed)
+    workdir = pathlib.Path(workdir)
+    x, y = load_or_sample_synthetic_train_set(experiment, counts, seed, workdir / SYNTHETIC_FILE)
     run = classifier.fit_classifier(
         x,
         y,

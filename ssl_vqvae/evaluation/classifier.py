@@ -103,6 +103,7 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def eval_batch_size(batch_size: int, num_devices: int) -> int:
+    """`batch_size` rounded down to a multiple of the device count (at least one per device)."""
     return max(num_devices, batch_size - batch_size % num_devices)
 
 
@@ -219,8 +220,9 @@ class _Validator:
     def logged_ema(self, upto: int) -> float:
         """The EMA logged by this run's latest validation at a step <= `upto` (0 if none).
 
-        Records past the restored checkpoint (from an interrupted run) lie after the first
-        validation of the resumed run, so they are never picked up.
+        A resumed run asks for `upto` = its first validation step - 1; an interrupted run's
+        records after its last checkpoint have steps from that validation on, so they never
+        count.
         """
         path = self.workdir / "metrics.jsonl"
         records = metrics.read_metrics(self.workdir) if path.is_file() else []
@@ -248,10 +250,10 @@ class _Validator:
 def _check_split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     if x.ndim != 3:
         raise ValueError(f"x_{name}: expected [num_series, length, channels], got {x.shape}")
-    if y.shape != (len(x),):
-        raise ValueError(f"y_{name}: expected shape ({len(x)},) to match x_{name}, got {y.shape}")
     if len(x) == 0:
         raise ValueError(f"x_{name}: expected at least one series")
+    if y.shape != (len(x),):
+        raise ValueError(f"y_{name}: expected shape ({len(x)},) to match x_{name}, got {y.shape}")
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(
             f"y_{name}: expected class ids in [0, {num_classes}), got {y.min()}..{y.max()}"
@@ -418,7 +420,9 @@ def train_classifier(
     return run.model, run.variables, run.test_accuracy
 
 
-def fcn_cache_dir(cache_dir: str | pathlib.Path | None, dataset_name: str, num_epochs: int):
+def fcn_cache_dir(
+    cache_dir: str | pathlib.Path | None, dataset_name: str, num_epochs: int
+) -> pathlib.Path:
     """`<cache_dir>/<Dataset>/epochs<E>`, the folder of one cached FCN."""
     root = default_cache_dir() if cache_dir is None else pathlib.Path(cache_dir).expanduser()
     return root / dataset_name / f"epochs{num_epochs}"
