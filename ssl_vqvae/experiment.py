@@ -15,7 +15,7 @@ import pathlib
 
 import ml_collections
 
-from ssl_vqvae import config_lib, data, pipeline
+from ssl_vqvae import config_lib, data, pipeline, training
 
 
 def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
@@ -69,6 +69,18 @@ class Schedule:
             self.num_steps = int(train_config.num_epochs) * steps_per_epoch
             self.decay_steps = int(train_config.num_epochs) * (steps_per_epoch + 1)
         self.eval_every = max(1, int(train_config.eval_every_epochs) * steps_per_epoch)
+
+    def loop_config(
+        self, train_config: ml_collections.ConfigDict, description: str
+    ) -> training.LoopConfig:
+        """How `training.fit` runs a stage under this schedule."""
+        return training.LoopConfig(
+            num_steps=self.num_steps,
+            log_every=train_config.log_every,
+            eval_every=self.eval_every,
+            checkpoint_every=train_config.checkpoint_every,
+            description=description,
+        )
 
 
 def batch_sizes(

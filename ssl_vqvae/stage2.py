@@ -298,13 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         batches=batches,
         mesh=mesh,
         rng=jax.random.fold_in(rng, 2),
-        loop=training.LoopConfig(
-            num_steps=schedule.num_steps,
-            log_every=config.train.log_every,
-            eval_every=schedule.eval_every,
-            checkpoint_every=config.train.checkpoint_every,
-            description=STAGE,
-        ),
+        loop=schedule.loop_config(config.train, STAGE),
         evaluate=evaluator,
     )
 

@@ -140,12 +140,10 @@ def test_summary_and_outputs(trained):
 def test_finished_run_is_restored_not_retrained(trained):
     run, train, test, workdir = trained
     lines = (workdir / "metrics.jsonl").read_text()
-    model, variables, accuracy = classifier.train_classifier(
-        *train, *test, NUM_CLASSES, workdir, num_epochs=3, seed=0
-    )
+    again = classifier.fit_classifier(*train, *test, NUM_CLASSES, workdir, num_epochs=3, seed=0)
     assert (workdir / "metrics.jsonl").read_text() == lines
-    assert accuracy == run.test_accuracy and model == run.model
-    chex.assert_trees_all_equal(jax.device_get(variables), jax.device_get(run.variables))
+    assert again.test_accuracy == run.test_accuracy and again.model == run.model
+    chex.assert_trees_all_equal(jax.device_get(again.variables), jax.device_get(run.variables))
 
 
 def test_folder_of_other_settings_is_refused(trained):

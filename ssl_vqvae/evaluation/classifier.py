@@ -393,33 +393,6 @@ def _claim(workdir: pathlib.Path, settings: dict[str, Any]) -> None:
         )
 
 
-def train_classifier(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    num_classes: int,
-    workdir: str | pathlib.Path,
-    *,
-    num_epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    seed: int = 0,
-) -> tuple[FCN, dict[str, Any], float]:
-    """`fit_classifier` reduced to (model, variables, final test accuracy)."""
-    run = fit_classifier(
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        num_classes,
-        workdir,
-        num_epochs=num_epochs,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    return run.model, run.variables, run.test_accuracy
-
-
 def fcn_cache_dir(
     cache_dir: str | pathlib.Path | None, dataset_name: str, num_epochs: int
 ) -> pathlib.Path:
