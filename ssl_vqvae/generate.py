@@ -58,6 +58,18 @@ def make_generator(
     return jax.jit(generate)
 
 
+def guidance_argument(guidance_scale: float | None) -> jax.Array | None:
+    """The `guidance_scale` argument of a generator for a requested scale.
+
+    Scale 1 gives `l_null + 1 * (l_cond - l_null) = l_cond`, so the null-class pass is skipped
+    (None): the same logits up to float rounding at half the prior cost. The reference still
+    evaluates both passes (SPEC §4.5); pass the scale as an array to do the same.
+    """
+    if guidance_scale is None or guidance_scale == 1.0:
+        return None
+    return jnp.float32(guidance_scale)
+
+
 def generate_in_batches(
     generate: Callable[..., jax.Array],
     prior_params: Any,
@@ -74,7 +86,7 @@ def generate_in_batches(
     """
     if batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
-    scale = None if guidance_scale is None else jnp.float32(guidance_scale)
+    scale = guidance_argument(guidance_scale)
     outputs = []
     for index, start in enumerate(range(0, len(class_ids), batch_size)):
         chunk = class_ids[start : start + batch_size]

@@ -105,3 +105,21 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "Traceback" not in result.stderr and "stage1" in result.stderr
     result = _run("sample.py", f"--workdir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def test_guidance_scale_one_skips_null_pass_with_same_samples(loaded):
+    import jax
+    import jax.numpy as jnp
+
+    from ssl_vqvae import generate, stage2
+
+    assert generate.guidance_argument(1.0) is None
+    assert float(generate.guidance_argument(2.0)) == 2.0
+    generator = generate.make_generator(
+        loaded.prior, loaded.tokenizer, stage2.decoding_config(loaded.stage2_config)
+    )
+    ids = jnp.array([0, 1, 0, 1], jnp.int32)
+    args = (loaded.prior_params, loaded.tokenizer_variables, ids, jax.random.key(5))
+    one_pass = generator(*args, None)
+    two_passes = generator(*args, jnp.float32(1.0))
+    np.testing.assert_allclose(one_pass, two_passes, rtol=1e-5, atol=1e-5)
