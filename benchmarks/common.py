@@ -9,6 +9,7 @@ the last output. Each block gives one ms/step sample, in wall time and in `time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -108,6 +109,30 @@ def sample_batches(
             aug_seconds += time.perf_counter() - start
         batches.append(batch)
     return batches, 1000 * aug_seconds / NUM_BATCHES
+
+
+def time_train_step(
+    step_fn: Callable,
+    state: Any,
+    batches: Sequence[Any],
+    rng: jax.Array,
+    args: argparse.Namespace,
+    label: str,
+) -> dict[str, Any]:
+    """Times a donating `step_fn(state, batch, rng)` cycling over `batches`; checks the loss."""
+    cycle = itertools.cycle(batches)
+    metrics: dict[str, jax.Array] = {}
+
+    def call() -> Any:
+        nonlocal state, metrics
+        state, metrics = step_fn(state, next(cycle), rng)  # donates the previous state
+        return state
+
+    timing = measure(call, args.steps, args.repeats)
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"{label}: loss is {loss} after the benchmark")
+    return timing
 
 
 def optimizer() -> optax.GradientTransformation:

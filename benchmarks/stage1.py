@@ -13,12 +13,10 @@ as `pipeline.BatchIterator` does, and its host cost is reported separately (`aug
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Any
 
 import common
 import jax
-import numpy as np
 
 from ssl_vqvae import augment, config_lib, sharding, stage1, training
 
@@ -52,18 +50,7 @@ def bench(
     state = stage1.init_state(model, optimizer, batches[0]["x"], rng)
     state = sharding.replicate(state, mesh)
     step_fn = training.compile_step(stage1.make_train_step(model, optimizer, config.ssl), mesh)
-    cycle = itertools.cycle(batches)
-    metrics: dict[str, jax.Array] = {}
-
-    def call() -> Any:
-        nonlocal state, metrics
-        state, metrics = step_fn(state, next(cycle), rng)  # donates the previous state
-        return state
-
-    timing = common.measure(call, args.steps, args.repeats)
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{dataset.name}/{method}: loss is {loss} after the benchmark")
+    timing = common.time_train_step(step_fn, state, batches, rng, args, f"{dataset.name}/{method}")
     row = {
         "dataset": dataset.name,
         "length": dataset.length,

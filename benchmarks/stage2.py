@@ -15,12 +15,10 @@ full_embedding). Batches are drawn with replacement from the train split.
 from __future__ import annotations
 
 import argparse
-import itertools
 from typing import Any
 
 import common
 import jax
-import numpy as np
 
 from ssl_vqvae import sharding, stage2, training
 
@@ -47,18 +45,7 @@ def bench(
     )
     state = sharding.replicate(state, mesh)
     rng = jax.random.key(config.seed)
-    cycle = itertools.cycle(batches)
-    metrics: dict[str, jax.Array] = {}
-
-    def call() -> Any:
-        nonlocal state, metrics
-        state, metrics = step_fn(state, next(cycle), rng)  # donates the previous state
-        return state
-
-    timing = common.measure(call, args.steps, args.repeats)
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{dataset.name}/{method}: loss is {loss} after the benchmark")
+    timing = common.time_train_step(step_fn, state, batches, rng, args, f"{dataset.name}/{method}")
     row = {
         "dataset": dataset.name,
         "method": method,
