@@ -7,20 +7,29 @@ import math
 import pathlib
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
-    """Appends `{"step": s, **metrics}` to `<workdir>/metrics.jsonl` and mirrors scalars to TB."""
+    """Appends `{"step": s, **metrics}` to `<workdir>/metrics.jsonl` and mirrors scalars to TB.
+
+    Only process 0 writes, so a multi-host run keeps one log.
+    """
 
     def __init__(self, workdir: str | pathlib.Path):
         self.workdir = pathlib.Path(workdir)
+        self._active = jax.process_index() == 0
+        if not self._active:
+            return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")
         self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self._active:
+            return
         scalars = {key: float(np.asarray(value)) for key, value in metrics.items()}
         self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
         self._jsonl.flush()
@@ -28,6 +37,8 @@ class MetricWriter:
             self._tb.add_scalar(key, value, int(step))
 
     def close(self) -> None:
+        if not self._active:
+            return
         self._jsonl.close()
         self._tb.close()
 
