@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_vqvae import experiment, generate, sharding, stage1, stage2
+from ssl_vqvae import experiment, generate, pipeline, sharding, stage1, stage2
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.vqvae import VQVAE
+
+EVAL_BATCH_SIZE = 128  # series per tokenizer call (rounded to the device count)
 
 
 @dataclasses.dataclass
@@ -67,7 +69,7 @@ class Experiment:
 
     @property
     def eval_batch_size(self) -> int:
-        return max(self.mesh.size, 128 - 128 % self.mesh.size)
+        return pipeline.round_to_devices(EVAL_BATCH_SIZE, self.mesh.size)
 
     def _prepare(self, series: np.ndarray, scaled: bool) -> Split:
         x = np.asarray(series, np.float32)
@@ -178,13 +180,7 @@ class Experiment:
             class_ids,
             jax.random.key(seed),
             guidance,
-            _generation_batch(num_samples, self.mesh.size),
+            generate.generation_batch_size(num_samples, self.mesh.size),
             self.mesh,
         )
         return (series if scaled else self.dataset.unscale(series)), class_ids
-
-
-def _generation_batch(num_samples: int, num_devices: int, largest: int = 512) -> int:
-    """A batch size that is a multiple of the device count and no larger than needed."""
-    size = min(largest, -(-num_samples // num_devices) * num_devices)
-    return max(num_devices, size)

@@ -88,6 +88,4 @@ def batch_sizes(
 ) -> tuple[int, int]:
     """(train, eval) global batch sizes that split evenly over the devices."""
     train = pipeline.global_batch_size(config.data.batch_size, len(dataset.train), num_devices)
-    requested = config.data.eval_batch_size
-    eval_size = max(num_devices, requested - requested % num_devices)
-    return train, eval_size
+    return train, pipeline.round_to_devices(config.data.eval_batch_size, num_devices)

@@ -70,6 +70,12 @@ def guidance_argument(guidance_scale: float | None) -> jax.Array | None:
     return jnp.float32(guidance_scale)
 
 
+def generation_batch_size(num_samples: int, num_devices: int, largest: int = 512) -> int:
+    """A batch size that is a multiple of the device count and no larger than needed."""
+    size = min(largest, -(-num_samples // num_devices) * num_devices)
+    return max(num_devices, size)
+
+
 def generate_in_batches(
     generate: Callable[..., jax.Array],
     prior_params: Any,

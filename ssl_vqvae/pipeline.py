@@ -17,6 +17,11 @@ from ssl_vqvae import augment
 from ssl_vqvae.data import Split
 
 
+def round_to_devices(size: int, num_devices: int) -> int:
+    """`size` rounded down to a multiple of the device count (at least one per device)."""
+    return max(num_devices, size - size % num_devices)
+
+
 def global_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
     """The largest multiple of `num_devices` that is <= min(requested, num_examples)."""
     if requested < 1:
@@ -25,8 +30,7 @@ def global_batch_size(requested: int, num_examples: int, num_devices: int) -> in
         raise ValueError(
             f"dataset has {num_examples} series, fewer than the {num_devices} devices of the mesh"
         )
-    size = min(requested, num_examples)
-    return max(num_devices, size - size % num_devices)
+    return round_to_devices(min(requested, num_examples), num_devices)
 
 
 class BatchIterator:

@@ -27,6 +27,7 @@ from ssl_vqvae.transformer import MaskGITTransformer, init_embeddings_from_codeb
 from ssl_vqvae.vqvae import VQVAE
 
 STAGE = "stage2"
+SAMPLES_PER_CLASS_PLOTTED = 2
 
 
 def resolve_variant(config: ml_collections.ConfigDict, ssl_method: str) -> str:
@@ -209,8 +210,7 @@ class Stage2Evaluator:
 
     def _plot(self, state: training.TrainState, step: int) -> None:
         num_classes = self.dataset.num_classes
-        per_class = max(1, self.mesh.size // num_classes) if num_classes < self.mesh.size else 1
-        class_ids = np.repeat(np.arange(num_classes), max(per_class, 2))
+        class_ids = np.repeat(np.arange(num_classes), SAMPLES_PER_CLASS_PLOTTED)
         samples = generate.generate_in_batches(
             self.generate,
             state.params,
@@ -218,7 +218,7 @@ class Stage2Evaluator:
             class_ids,
             jax.random.key(step),
             self.config.sampling.guidance_scale,
-            _round_up(len(class_ids), self.mesh.size),
+            generate.generation_batch_size(len(class_ids), self.mesh.size),
             self.mesh,
         )
         rows = []
@@ -231,10 +231,6 @@ class Stage2Evaluator:
             title=f"{self.dataset.name}: class-conditional samples, step {step}",
             max_columns=2,
         )
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def decoding_config(config: ml_collections.ConfigDict) -> generate.DecodingConfig:

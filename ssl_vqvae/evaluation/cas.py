@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from ssl_vqvae import generate, stage2
+from ssl_vqvae import generate, pipeline, stage2
 from ssl_vqvae.evaluation import classifier
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def sample_synthetic_train_set(
         class_ids,
         jax.random.fold_in(jax.random.key(seed), CAS_SAMPLING_STREAM),
         config.sampling.guidance_scale,
-        classifier.eval_batch_size(min(GENERATION_BATCH, needed), num_devices),
+        pipeline.round_to_devices(min(GENERATION_BATCH, needed), num_devices),
         experiment.mesh,
     )
     return series, class_ids

@@ -102,11 +102,6 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
-def eval_batch_size(batch_size: int, num_devices: int) -> int:
-    """`batch_size` rounded down to a multiple of the device count (at least one per device)."""
-    return max(num_devices, batch_size - batch_size % num_devices)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _logits_and_features(model: FCN, variables: dict[str, Any], x: jax.Array) -> jax.Array:
     """Eval-mode forward pass, outputs side by side: [B, L, C] -> [B, num_classes + features]."""
@@ -130,7 +125,7 @@ def fcn_logits_and_features(
         functools.partial(_logits_and_features, model),
         variables,
         split,
-        eval_batch_size(BATCH_SIZE, mesh.size),
+        pipeline.round_to_devices(BATCH_SIZE, mesh.size),
         mesh,
     )
     return outputs[:, : model.num_classes], outputs[:, model.num_classes :]
