@@ -12,7 +12,7 @@ DEMO_CAS_EPOCHS ?= 30
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,parity]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,6 +3,7 @@
   python sample.py --workdir=runs/gp                      # N per class, every class
   python sample.py --workdir=runs/gp --class_id=none      # unconditional
   python sample.py --workdir=runs/gp --class_id=1 --guidance_scale=2.0 --num_samples=64
+  python sample.py --workdir=runs/gp --mask_unused_codes  # only codes the train tokens use
 
 Writes `<workdir>/samples/samples.npz` (samples [N, L', C] in the archive's units, labels [N];
 label = num_classes marks unconditional samples) and a PNG of generated vs real series.
@@ -22,6 +23,11 @@ flags.DEFINE_string("class_id", "all", "'all' (each class), 'none' (unconditiona
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance (default: from config).")
 flags.DEFINE_float("temperature", None, "Choice temperature of decoding (default: config).")
 flags.DEFINE_integer("steps", None, "Decoding steps T (default: config).")
+flags.DEFINE_boolean(
+    "mask_unused_codes",
+    None,
+    "Never sample codes the training tokens do not use (default: config).",
+)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("output", None, "Output folder (default: <workdir>/samples).")
 flags.mark_flag_as_required("workdir")
@@ -51,6 +57,7 @@ def main(argv: list[str]) -> None:
             guidance_scale=FLAGS.guidance_scale,
             num_steps=FLAGS.steps,
             choice_temperature=FLAGS.temperature,
+            mask_unused_codes=FLAGS.mask_unused_codes,
             seed=FLAGS.seed,
         )
         series.append(samples)

@@ -35,8 +35,8 @@ from ssl_vqvae.vqvae import VQVAE
 WARMUP_CALLS = 2
 NUM_BATCHES = 4  # distinct host batches cycled through, so no step sees identical inputs
 MIB = 2**20
-# An arbitrary cosine horizon: the learning-rate value does not change the cost of a step.
-DECAY_STEPS = 1000
+# An arbitrary schedule horizon: the learning-rate value does not change the cost of a step.
+SCHEDULE_UPDATES = 1000
 
 
 def parser(description: str, batch_size: int, steps: int, repeats: int) -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def sample_batches(
         batch = {"x": split.x[index], "y": split.y[index]}
         if augmentations:
             start = time.perf_counter()
-            batch["x_aug"] = augment.augment_batch(batch["x"], augmentations, rng)
+            batch["x_aug"] = augment.augmented_view(batch["x"], augmentations, rng)
             aug_seconds += time.perf_counter() - start
         batches.append(batch)
     return batches, 1000 * aug_seconds / NUM_BATCHES
@@ -137,7 +137,8 @@ def time_train_step(
 
 def optimizer() -> optax.GradientTransformation:
     optim = config_lib.stage1("none").optim
-    return training.make_optimizer(optim.learning_rate, optim.weight_decay, DECAY_STEPS)
+    schedule = training.reference_cosine_schedule(optim.learning_rate, SCHEDULE_UPDATES, 1)
+    return training.make_optimizer(schedule, optim.weight_decay)
 
 
 def fresh_tokenizer(

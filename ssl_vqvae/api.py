@@ -132,6 +132,7 @@ class Experiment:
         guidance_scale: float | None = None,
         num_steps: int | None = None,
         choice_temperature: float | None = None,
+        mask_unused_codes: bool | None = None,
         seed: int = 0,
         scaled: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +145,8 @@ class Experiment:
           guidance_scale: classifier-free guidance weight (conditional only); default from the
             stage-2 config (1.0 = conditional logits).
           num_steps, choice_temperature: decoding overrides (defaults from the config).
+          mask_unused_codes: never sample codes that the stage-2 train tokens do not use
+            (default from the config's `sampling.mask_unused_codes`).
 
         Returns:
           (series float32 [num_samples, 2*floor(L/2), C], class ids int32 [num_samples]; the
@@ -154,8 +157,9 @@ class Experiment:
         num_classes = self.dataset.num_classes
         if class_id is not None and not 0 <= class_id < num_classes:
             raise ValueError(f"class_id={class_id}; expected 0..{num_classes - 1} or None")
-        defaults = stage2.decoding_config(self.stage2_config)
-        decoding = generate.DecodingConfig(
+        defaults = stage2.decoding_config(self.stage2_config, mask_unused_codes)
+        decoding = dataclasses.replace(
+            defaults,
             num_steps=num_steps or defaults.num_steps,
             choice_temperature=(
                 defaults.choice_temperature if choice_temperature is None else choice_temperature

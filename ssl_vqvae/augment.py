@@ -347,3 +347,38 @@ def augment_batch(
     for name in resolved:
         out = AUGMENTATIONS[name](out, rng, **params.get(name, {}))
     return out
+
+
+# The reference sends every augmented series through torch.stft / torch.istft with n_fft = 32
+# (default hop n_fft // 4) and zero-pads the result back to the input length (SPEC §3.1).
+VIEW_STFT_HOP = 32 // 4
+
+
+def stft_round_trip(x: np.ndarray, hop: int = VIEW_STFT_HOP) -> np.ndarray:
+    """The reference's STFT -> ISTFT round trip of the augmented view, zero-padded back to L.
+
+    `torch.istft` without a target length returns `hop * floor(L / hop)` samples, and those equal
+    the input up to float rounding (periodic Hann, overlap 4: the round trip is exact there); the
+    reference then pads with zeros. So the last `L mod hop` samples of x' are 0, while x keeps
+    them. This reproduces that directly rather than paying for two FFTs per series.
+
+    x: float [batch, length, channels] -> float32 [batch, length, channels].
+    """
+    _check_batch(x)
+    kept = hop * (x.shape[1] // hop)
+    out = x.astype(np.float32, copy=True)
+    out[:, kept:] = 0.0
+    return out
+
+
+def augmented_view(
+    x: np.ndarray,
+    names: str | Sequence[str],
+    rng: np.random.Generator,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> np.ndarray:
+    """The view x' of NC-VQVAE: the time-domain augmentations, then the STFT round trip.
+
+    x: finite float [batch, length, channels] -> float32 [batch, length, channels].
+    """
+    return stft_round_trip(augment_batch(x, names, rng, params))

@@ -60,6 +60,10 @@ def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
             "codebook_size": 32,
             "ema_decay": 0.9,
             "commitment_weight": 1.0,
+            # reference | keep: keep never-used codewords finite (SPEC §7.11; short runs)
+            "dead_code": "reference",
+            # torch = PyTorch's default initialisers, as the reference (SPEC §7.10); or flax.
+            "init": "torch",
         }
     )
     config.ssl = ml_collections.ConfigDict(
@@ -81,6 +85,9 @@ def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim = _optim()
     config.train = _train()
     config.train.probe_every = 0  # linear probes every N steps (0 = only at the end)
+    # True: also the reference's final train-mode probe pass over train then test data, saved in
+    # the tokenizer: leaks test-set BN/codebook statistics; for parity only (SPEC §7.12).
+    config.train.reference_probe_pass = False
     config.train.plot_every_eval = True
     if arg == "tiny":
         _shrink_stage1(config)
@@ -127,10 +134,17 @@ def stage2(arg: str | None = None) -> ml_collections.ConfigDict:
             "p_unconditional": 0.2,
             "masking": "thesis",  # thesis (SPEC §4.4) | standard (MaskGIT, loss on masked only)
             "token_sample_temperature": 1.0,  # stochastic VQ targets (SPEC §4.1); 0 = argmax
+            "init": "torch",  # Linear layers as torch initialises them (SPEC §7.10); or flax
         }
     )
     config.sampling = ml_collections.ConfigDict(
-        {"num_steps": 10, "choice_temperature": 4.0, "guidance_scale": 1.0}
+        {
+            "num_steps": 10,
+            "choice_temperature": 4.0,
+            "guidance_scale": 1.0,
+            # never sample codes unused by the train split's tokens (dead codes, SPEC §7.11)
+            "mask_unused_codes": False,
+        }
     )
     config.optim = _optim()
     config.train = _train()

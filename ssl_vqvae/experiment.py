@@ -58,17 +58,23 @@ def validate_stage1(config: ml_collections.ConfigDict) -> None:
 
 
 class Schedule:
-    """Step counts derived from epochs for a dataset (SPEC §2.7: epochs, T_max)."""
+    """Step counts and learning rates derived from epochs for a dataset (SPEC §2.7)."""
 
-    def __init__(self, train_config: ml_collections.ConfigDict, steps_per_epoch: int):
+    def __init__(
+        self,
+        train_config: ml_collections.ConfigDict,
+        steps_per_epoch: int,
+        peak_learning_rate: float,
+    ):
         self.steps_per_epoch = steps_per_epoch
         if train_config.num_steps > 0:
             self.num_steps = int(train_config.num_steps)
-            self.decay_steps = self.num_steps
         else:
             self.num_steps = int(train_config.num_epochs) * steps_per_epoch
-            self.decay_steps = int(train_config.num_epochs) * (steps_per_epoch + 1)
         self.eval_every = max(1, int(train_config.eval_every_epochs) * steps_per_epoch)
+        self.learning_rate = training.reference_cosine_schedule(
+            peak_learning_rate, self.num_steps, steps_per_epoch
+        )
 
     def loop_config(
         self, train_config: ml_collections.ConfigDict, description: str
@@ -80,6 +86,7 @@ class Schedule:
             eval_every=self.eval_every,
             checkpoint_every=train_config.checkpoint_every,
             description=description,
+            learning_rate=self.learning_rate,
         )
 
 

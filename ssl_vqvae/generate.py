@@ -27,6 +27,8 @@ class DecodingConfig:
     num_steps: int = 10
     choice_temperature: float = 4.0
     sample_temperature: float = 1.0
+    # Code ids the prior may sample (e.g. those the training tokens use); None = every id.
+    allowed_codes: tuple[int, ...] | None = None
 
 
 def make_generator(
@@ -38,6 +40,16 @@ def make_generator(
     None (None: one pass per step, no classifier-free guidance). Returns float32 series
     [B, 2*floor(L/2), C] in the scaled units of the training data.
     """
+    code_mask = None
+    if decoding.allowed_codes is not None:
+        allowed = np.asarray(decoding.allowed_codes, np.int64)
+        if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= prior.codebook_size:
+            raise ValueError(
+                f"allowed_codes: expected a non-empty set of ids in [0, {prior.codebook_size}), "
+                f"got {decoding.allowed_codes}"
+            )
+        code_mask = np.zeros(prior.codebook_size, bool)
+        code_mask[allowed] = True
 
     def generate(prior_params, tokenizer_variables, class_ids, rng, guidance_scale):
         logits_fn = functools.partial(prior.apply, {"params": prior_params}, train=False)
@@ -52,6 +64,7 @@ def make_generator(
             null_class=prior.num_classes,
             rng=rng,
             sample_temperature=decoding.sample_temperature,
+            code_mask=code_mask,
         )
         return tokenizer.apply(tokenizer_variables, tokens, method=VQVAE.decode_tokens)
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_vqvae import initializers
+
 LEAKY_RELU_SLOPE = 0.01
 # PyTorch BatchNorm2d momentum 0.1 == Flax momentum 0.9 (weight of the old running value).
 BN_MOMENTUM = 0.9
@@ -95,17 +97,18 @@ class UpsampleConv(nn.Module):
     """
 
     features: int
-    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """x: float32 [batch, H, W, in] -> float32 [batch, H, 2 W, features]."""
         batch, height, width, in_features = x.shape
+        # torch reads a transposed convolution's fan-in off its (in, out, kh, kw) weight's dim 1.
+        inits = initializers.layer_init(self.param_init, self.features * math.prod(SAMPLING_KERNEL))
         kernel = self.param(
-            "kernel", self.kernel_init, (*SAMPLING_KERNEL, in_features, self.features)
+            "kernel", inits["kernel_init"], (*SAMPLING_KERNEL, in_features, self.features)
         )
-        bias = self.param("bias", self.bias_init, (self.features,))
+        bias = self.param("bias", inits["bias_init"], (self.features,))
 
         def phase(phase_kernel: jnp.ndarray, width_pad: tuple[int, int]) -> jnp.ndarray:
             return jax.lax.conv_general_dilated(
@@ -131,13 +134,22 @@ class DownBlock(nn.Module):
 
     features: int
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """x: float32 [batch, H, W, in] -> float32 [batch, H, W // 2, features]."""
         # PyTorch padding_mode="replicate" on H and W.
+        in_features = x.shape[-1]
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        x = nn.Conv(self.features, SAMPLING_KERNEL, strides=(1, WIDTH_STRIDE), padding="VALID")(x)
+        x = initializers.conv(
+            self.features,
+            in_features,
+            SAMPLING_KERNEL,
+            self.param_init,
+            strides=(1, WIDTH_STRIDE),
+            padding="VALID",
+        )(x)
         x = _batch_norm(train)(x)
         x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -151,18 +163,21 @@ class ResBlock(nn.Module):
 
     use_batch_norm: bool
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """x: float32 [batch, H, W, d] -> same shape."""
         features = x.shape[-1]
         y = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
-        y = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)))(y)
+        y = initializers.conv(
+            features, features, (3, 3), self.param_init, padding=((1, 1), (1, 1))
+        )(y)
         if self.use_batch_norm:
             y = _batch_norm(train)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.leaky_relu(y, LEAKY_RELU_SLOPE)
-        y = nn.Conv(features, (1, 1))(y)
+        y = initializers.conv(features, features, (1, 1), self.param_init)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return x + y
 
@@ -172,11 +187,12 @@ class UpBlock(nn.Module):
 
     features: int
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """x: float32 [batch, H, W, in] -> float32 [batch, H, 2 W, features]."""
-        x = UpsampleConv(self.features)(x)
+        x = UpsampleConv(self.features, self.param_init)(x)
         x = _batch_norm(train)(x)
         x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -189,6 +205,7 @@ class Encoder(nn.Module):
     hidden_dim: int = 64
     num_res_blocks: int = 4
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, u: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -201,9 +218,9 @@ class Encoder(nn.Module):
             )
         x = u
         for _ in range(self.num_down):
-            x = DownBlock(self.hidden_dim, self.dropout_rate)(x, train=train)
+            x = DownBlock(self.hidden_dim, self.dropout_rate, self.param_init)(x, train=train)
         for _ in range(self.num_res_blocks):
-            x = ResBlock(use_batch_norm=True, dropout_rate=self.dropout_rate)(x, train=train)
+            x = ResBlock(True, self.dropout_rate, self.param_init)(x, train=train)
             x = _batch_norm(train)(x)
         return x
 
@@ -221,6 +238,7 @@ class Decoder(nn.Module):
     hidden_dim: int = 64
     num_res_blocks: int = 4
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, z: jnp.ndarray, output_hw: tuple[int, int], *, train: bool) -> jnp.ndarray:
@@ -231,10 +249,10 @@ class Decoder(nn.Module):
             raise ValueError(f"z must have hidden_dim={self.hidden_dim} channels, got {z.shape}")
         x = z
         for _ in range(self.num_res_blocks):
-            x = ResBlock(use_batch_norm=False, dropout_rate=self.dropout_rate)(x, train=train)
+            x = ResBlock(False, self.dropout_rate, self.param_init)(x, train=train)
             x = _batch_norm(train)(x)
         for _ in range(self.num_up - 1):
-            x = UpBlock(self.hidden_dim, self.dropout_rate)(x, train=train)
-        x = UpsampleConv(self.out_channels)(x)
-        x = UpsampleConv(self.out_channels)(x)
+            x = UpBlock(self.hidden_dim, self.dropout_rate, self.param_init)(x, train=train)
+        x = UpsampleConv(self.out_channels, self.param_init)(x)
+        x = UpsampleConv(self.out_channels, self.param_init)(x)
         return resize_bilinear_align_corners(x, tuple(output_hw))

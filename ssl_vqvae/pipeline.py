@@ -86,7 +86,7 @@ class BatchIterator:
         index = np.concatenate(indices)
         batch = {"x": self._split.x[index], "y": self._split.y[index]}
         if self._augmentations:
-            batch["x_aug"] = augment.augment_batch(batch["x"], self._augmentations, aug_rng)
+            batch["x_aug"] = augment.augmented_view(batch["x"], self._augmentations, aug_rng)
         return batch
 
 

@@ -14,6 +14,14 @@ from flax import struct
 
 VQ_COLLECTION = "vq"
 _HIGHEST = jax.lax.Precision.HIGHEST
+# How the codewords of codes the EMA has (almost) never assigned are updated (SPEC §7.11):
+# "reference" sets e_k = m_k / n~_k for every code, as the reference, so a code unused from the
+# start grows to ~decay^t |e_0| / eps; "keep" leaves e_k unchanged while that code is dead.
+DEAD_CODE_MODES = ("reference", "keep")
+# A code is dead while its EMA count n_k is below this fraction of one assignment's weight
+# (1 - decay): a code used in the current batch never is, and a fading code is frozen ~45 steps
+# (decay 0.9) after its last use, while n_k is still far above eps and m_k / n~_k its mean.
+DEAD_CODE_FRACTION = 0.01
 
 
 @struct.dataclass
@@ -46,11 +54,14 @@ def ema_codebook_update(
     indices: jax.Array,
     decay: float,
     eps: float,
+    previous_codebook: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One EMA step of the codebook statistics with Laplace-smoothed counts (SPEC §2.5).
 
     cluster_size: float32 [K] (EMA counts n); embed_sum: float32 [K, D] (EMA sums m);
     z: float [N, D] assigned vectors; indices: int [N] their codes.
+    previous_codebook: None (every code becomes m / n~, the reference) or float32 [K, D], the
+      codebook before this step, whose rows dead codes keep (see DEAD_CODE_FRACTION).
     Returns the new (cluster_size [K], embed_sum [K, D], codebook [K, D]).
     """
     codebook_size = cluster_size.shape[0]
@@ -61,7 +72,11 @@ def ema_codebook_update(
     total = cluster_size.sum()
     # Smoothing keeps unused codes finite (their count is ~eps, so they move far away instead).
     smoothed = (cluster_size + eps) / (total + codebook_size * eps) * total
-    return cluster_size, embed_sum, embed_sum / smoothed[:, None]
+    codebook = embed_sum / smoothed[:, None]
+    if previous_codebook is not None:
+        dead = cluster_size < DEAD_CODE_FRACTION * (1.0 - decay)
+        codebook = jnp.where(dead[:, None], previous_codebook, codebook)
+    return cluster_size, embed_sum, codebook
 
 
 class VectorQuantizer(nn.Module):
@@ -69,6 +84,8 @@ class VectorQuantizer(nn.Module):
 
     State in collection ``'vq'``: ``codebook`` [K, D] (init N(0, 1) from the 'params' rng),
     ``cluster_size`` [K] (init 0), ``embed_sum`` [K, D] (init = the initial codebook).
+    ``dead_code`` is one of DEAD_CODE_MODES; it changes only the codewords of (nearly) unused
+    codes, never the EMA statistics or the codewords of used codes.
     """
 
     codebook_size: int = 32
@@ -76,8 +93,11 @@ class VectorQuantizer(nn.Module):
     decay: float = 0.9
     eps: float = 1e-5
     commitment_weight: float = 1.0
+    dead_code: str = "reference"
 
     def setup(self) -> None:
+        if self.dead_code not in DEAD_CODE_MODES:
+            raise ValueError(f"dead_code={self.dead_code!r}; expected one of {DEAD_CODE_MODES}")
         self.codebook = self.variable(VQ_COLLECTION, "codebook", self._initial_codebook)
         self.cluster_size = self.variable(
             VQ_COLLECTION, "cluster_size", jnp.zeros, (self.codebook_size,), jnp.float32
@@ -130,6 +150,7 @@ class VectorQuantizer(nn.Module):
                 flat_indices,
                 self.decay,
                 self.eps,
+                previous_codebook=self.codebook.value if self.dead_code == "keep" else None,
             )
             self.cluster_size.value = cluster_size
             self.embed_sum.value = embed_sum

@@ -165,12 +165,15 @@ def _decode_step(
     guidance_scale: jax.Array | float | None,
     null_class: int,
     sample_temperature: float,
+    code_mask: jax.Array | None,
 ) -> DecodeState:
     rng, sample_rng, choice_rng = jax.random.split(state.rng, 3)
     logits = guided_logits(
         logits_fn, state.tokens, class_ids, guidance_scale=guidance_scale, null_class=null_class
     )
     logits = logits / sample_temperature
+    if code_mask is not None:
+        logits = jnp.where(code_mask, logits, -jnp.inf)
     unknown = state.tokens == mask_id
     sampled = jax.random.categorical(sample_rng, logits, axis=-1).astype(jnp.int32)
     sampled = jnp.where(unknown, sampled, state.tokens)
@@ -208,6 +211,7 @@ def decode_loop(
     null_class: int,
     rng: jax.Array,
     sample_temperature: float = 1.0,
+    code_mask: jax.Array | None = None,
 ) -> DecodeState:
     """Runs MaskGIT iterative decoding (SPEC §4.5) and returns the final `DecodeState`.
 
@@ -215,7 +219,8 @@ def decode_loop(
     position from `softmax(l / sample_temperature)` (l = CFG logits, see `guided_logits`), then
     re-masks exactly `floor(U cos(pi r / 2))` of them, r = (step + 1) / num_steps, choosing the
     lowest `log(p + 1e-5) + choice_temperature (1 - r) Gumbel` confidences. `num_steps` is static;
-    everything else may be traced.
+    everything else may be traced. `code_mask` (bool [codebook_size], True = allowed; None = all)
+    sets the logits of disallowed ids to -inf, so they are never sampled.
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
@@ -240,6 +245,7 @@ def decode_loop(
         guidance_scale=guidance_scale,
         null_class=null_class,
         sample_temperature=sample_temperature,
+        code_mask=code_mask,
     )
     return jax.lax.fori_loop(0, num_steps, lambda _, state: step_fn(state), init)
 
@@ -256,6 +262,7 @@ def iterative_decode(
     null_class: int,
     rng: jax.Array,
     sample_temperature: float = 1.0,
+    code_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Samples token ids with MaskGIT decoding (see `decode_loop`): int32 [batch, num_tokens].
 
@@ -273,4 +280,5 @@ def iterative_decode(
         null_class=null_class,
         rng=rng,
         sample_temperature=sample_temperature,
+        code_mask=code_mask,
     ).tokens

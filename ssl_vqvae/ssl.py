@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_vqvae import initializers
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 BT_STD_EPS = 1e-8  # added to the per-feature std before standardising (Barlow Twins)
@@ -199,17 +201,18 @@ class Projector(nn.Module):
     output_dim: int = 4096
     use_iternorm: bool = False
     iternorm_groups: int = 64
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool) -> jax.Array:
         """h: float [batch, F] pooled features -> float32 [batch, output_dim]."""
         for _ in range(2):
-            h = nn.Dense(self.hidden_dim)(h)
+            h = initializers.dense(self.hidden_dim, h.shape[-1], self.param_init)(h)
             h = nn.BatchNorm(
                 use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
             )(h)
             h = nn.relu(h)
-        h = nn.Dense(self.output_dim)(h)
+        h = initializers.dense(self.output_dim, h.shape[-1], self.param_init)(h)
         if self.use_iternorm:
             h = IterNorm(num_groups=self.iternorm_groups)(h, train=train)
         return h

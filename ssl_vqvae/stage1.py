@@ -35,10 +35,12 @@ def build_model(config: ml_collections.ConfigDict, length: int, channels: int) -
         codebook_size=config.model.codebook_size,
         ema_decay=config.model.ema_decay,
         commitment_weight=config.model.commitment_weight,
+        dead_code=config.model.dead_code,
         projector_hidden_dim=config.ssl.projector_hidden_dim,
         projector_output_dim=0 if method == "none" else config.ssl.projector_output_dim,
         use_iternorm=method == "vibcreg",
         iternorm_groups=config.ssl.iternorm_groups,
+        param_init=config.model.init,
     )
 
 
@@ -57,6 +59,10 @@ def ssl_loss(
             proj, proj_aug, config.barlow_off_diagonal_weight
         )
         return loss, {}
+    if config.method != "vibcreg":
+        raise ValueError(
+            f"ssl.method={config.method!r} has no SSL loss; expected 'barlowtwins' or 'vibcreg'"
+        )
     loss, terms = ssl.vibcreg_loss(
         proj,
         proj_aug,
@@ -207,12 +213,60 @@ class Stage1Evaluator:
         rows = [("original", x), ("reconstruction", x_hat)]
         if self.config.ssl.method != "none":
             names = augment.resolve_augmentations(self.config.ssl.augmentations)
-            rows.append(("augmented", augment.augment_batch(x, names, np.random.default_rng(0))))
+            rows.append(("augmented", augment.augmented_view(x, names, np.random.default_rng(0))))
         plots.plot_series_rows(
             self.workdir / "plots" / f"reconstruction_{step:07d}.png",
             rows,
             title=f"{self.dataset.name} test series, step {step}",
         )
+
+
+def reference_probe_pass(
+    model: VQVAE,
+    state: training.TrainState,
+    *,
+    dataset: UCRDataset,
+    batch_size: int,
+    rng: jax.Array,
+    mesh: jax.sharding.Mesh,
+) -> tuple[training.TrainState, dict[str, float]]:
+    """The reference's final-epoch linear probe, which mutates the tokenizer (SPEC §7.12, §5.4).
+
+    Encodes and quantises the train split, then the test split, in stored order and batches of
+    `batch_size` (each split's last batch smaller, as the reference's loaders), in train mode:
+    BatchNorm uses batch statistics and updates its running statistics, and the EMA codebook
+    takes a step per batch. The reference's train loader is shuffled; the order only shapes the
+    moving averages within the pass. Test-set statistics thus leak into the returned state; it is
+    for exact parity with the published numbers only (`train.reference_probe_pass`).
+
+    Returns:
+      (the state with updated `batch_stats` and `vq` collections, params untouched; the SVM /
+      KNN accuracies of these train-mode features as `train_mode_{svm,knn}_accuracy`).
+    """
+    represent = jax.jit(
+        lambda variables, x, rng: model.apply(
+            variables,
+            x,
+            train=True,
+            method=VQVAE.representation,
+            mutable=list(MUTABLE_COLLECTIONS),
+            rngs={"dropout": rng},
+        )
+    )
+    variables = _variables(state)
+    features, num_batches = [], 0
+    for split in (dataset.train, dataset.test):
+        pooled = []
+        for start in range(0, len(split), batch_size):
+            batch_rng = jax.random.fold_in(rng, num_batches)
+            output, updated = represent(variables, split.x[start : start + batch_size], batch_rng)
+            variables, num_batches = {**variables, **updated}, num_batches + 1
+            pooled.append(np.asarray(output))
+        features.append(np.concatenate(pooled))
+    accuracies = linear_probe_accuracies(features[0], dataset.train.y, features[1], dataset.test.y)
+    mutated = {name: variables[name] for name in state.variables}
+    state = state.replace(variables=sharding.replicate(mutated, mesh))
+    return state, {f"train_mode_{name}": value for name, value in accuracies.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.TrainState:
@@ -228,13 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         else augment.resolve_augmentations(config.ssl.augmentations)
     )
     batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed, augmentations)
-    schedule = experiment.Schedule(config.train, batches.steps_per_epoch)
+    schedule = experiment.Schedule(
+        config.train, batches.steps_per_epoch, config.optim.learning_rate
+    )
     experiment.write_config(config, run_dir)
 
     model = build_model(config, dataset.length, dataset.channels)
-    optimizer = training.make_optimizer(
-        config.optim.learning_rate, config.optim.weight_decay, schedule.decay_steps
-    )
+    optimizer = training.make_optimizer(schedule.learning_rate, config.optim.weight_decay)
     rng = jax.random.key(config.seed)
     state = init_state(model, optimizer, jnp.asarray(dataset.train.x[:batch_size]), rng)
     print(
@@ -256,6 +310,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         rng=jax.random.fold_in(rng, 1),
         loop=schedule.loop_config(config.train, STAGE),
         evaluate=evaluator,
+        finalize=(
+            functools.partial(
+                reference_probe_pass,
+                model,
+                dataset=dataset,
+                batch_size=batch_size,
+                rng=jax.random.fold_in(rng, 2),
+                mesh=mesh,
+            )
+            if config.train.reference_probe_pass
+            else None
+        ),
     )
 
 
@@ -266,7 +332,9 @@ def restore_tokenizer(
     config = experiment.read_config(stage1_dir)
     dataset = experiment.load_dataset(config)
     model = build_model(config, dataset.length, dataset.channels)
-    optimizer = training.make_optimizer(config.optim.learning_rate, config.optim.weight_decay, 1)
+    optimizer = training.make_optimizer(
+        optax.constant_schedule(config.optim.learning_rate), config.optim.weight_decay
+    )
     example = jnp.zeros((mesh.size, dataset.length, dataset.channels), jnp.float32)
     abstract = jax.eval_shape(
         lambda rng: init_state(model, optimizer, example, rng), jax.random.key(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from ssl_vqvae import (
     config_lib,
@@ -22,7 +24,7 @@ from ssl_vqvae import (
     stage1,
     training,
 )
-from ssl_vqvae.data import UCRDataset
+from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.transformer import MaskGITTransformer, init_embeddings_from_codebook
 from ssl_vqvae.vqvae import VQVAE
 
@@ -67,6 +69,7 @@ def build_prior(
         head_dim=config.prior.head_dim,
         mlp_dim=config.prior.mlp_dim,
         dropout_rate=config.prior.dropout_rate,
+        param_init=config.prior.init,
     )
 
 
@@ -233,11 +236,43 @@ class Stage2Evaluator:
         )
 
 
-def decoding_config(config: ml_collections.ConfigDict) -> generate.DecodingConfig:
+def decoding_config(
+    config: ml_collections.ConfigDict, mask_unused_codes: bool | None = None
+) -> generate.DecodingConfig:
+    """Decoding settings of a stage-2 run's config.
+
+    `mask_unused_codes` overrides `sampling.mask_unused_codes`; when on, only the codes of the
+    run's recorded `code_usage` (see `code_usage`) may be sampled.
+    """
+    if mask_unused_codes is None:
+        mask_unused_codes = config.sampling.mask_unused_codes
+    allowed = None
+    if mask_unused_codes:
+        if "code_usage" not in config:
+            raise ValueError(
+                "mask_unused_codes needs the stage-2 config's code_usage, which this config does "
+                "not record (a run trained before it existed?); retrain stage 2"
+            )
+        allowed = tuple(int(k) for k in np.flatnonzero(np.asarray(config.code_usage) > 0))
     return generate.DecodingConfig(
         num_steps=config.sampling.num_steps,
         choice_temperature=config.sampling.choice_temperature,
+        allowed_codes=allowed,
     )
+
+
+def code_usage(
+    tokenizer: VQVAE, tokenizer_variables: Any, split: Split, batch_size: int, mesh: Mesh
+) -> np.ndarray:
+    """How often each code is the nearest code of a latent vector of `split`: int64 [K].
+
+    The nearest (argmax) assignment rather than the stochastic targets, so the set is
+    reproducible; codes it never picks (e.g. dead codes, SPEC §7.11) are what
+    `sampling.mask_unused_codes` keeps the prior from sampling.
+    """
+    tokenize_fn = jax.jit(functools.partial(tokenizer.apply, method=VQVAE.tokenize))
+    tokens = stage1.apply_in_batches(tokenize_fn, tokenizer_variables, split, batch_size, mesh)
+    return np.bincount(tokens.ravel(), minlength=tokenizer.codebook_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.TrainState:
@@ -255,16 +290,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     batch_size = pipeline.global_batch_size(config.data.batch_size, len(dataset.train), mesh.size)
     eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)[1]
     batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed)
-    schedule = experiment.Schedule(config.train, batches.steps_per_epoch)
+    schedule = experiment.Schedule(
+        config.train, batches.steps_per_epoch, config.optim.learning_rate
+    )
+    usage = code_usage(tokenizer, tokenizer_variables, dataset.train, eval_batch_size, mesh)
     config.unlock()
     config.resolved_variant = variant
     config.stage1_dir = str(stage1_dir)
+    config.code_usage = usage.tolist()  # nearest-code histogram of the train split
     config.lock()
     experiment.write_config(config, run_dir)
 
-    optimizer = training.make_optimizer(
-        config.optim.learning_rate, config.optim.weight_decay, schedule.decay_steps
-    )
+    optimizer = training.make_optimizer(schedule.learning_rate, config.optim.weight_decay)
     codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
     rng = jax.random.key(config.seed)
     state = init_state(prior, optimizer, codebook, rng)
@@ -309,7 +346,9 @@ def restore_prior(
         pathlib.Path(config.stage1_dir), mesh
     )
     prior = build_prior(config, tokenizer, dataset.num_classes, config.resolved_variant)
-    optimizer = training.make_optimizer(config.optim.learning_rate, config.optim.weight_decay, 1)
+    optimizer = training.make_optimizer(
+        optax.constant_schedule(config.optim.learning_rate), config.optim.weight_decay
+    )
     codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
     abstract = jax.eval_shape(
         lambda rng: init_state(prior, optimizer, codebook, rng), jax.random.key(0)

@@ -60,16 +60,50 @@ def create_train_state(
 
 
 def make_optimizer(
-    learning_rate: float, weight_decay: float, decay_steps: int
+    learning_rate: optax.Schedule, weight_decay: float
 ) -> optax.GradientTransformation:
-    """AdamW with cosine annealing to 0 over `decay_steps` (SPEC §2.7, stepped per update)."""
-    schedule = optax.cosine_decay_schedule(learning_rate, decay_steps=max(decay_steps, 1))
-    return optax.adamw(schedule, weight_decay=weight_decay)
+    """AdamW (default betas and eps, decoupled weight decay) as in every reference trainer.
+
+    Always driven by a schedule (use `optax.constant_schedule` for a fixed rate), so the
+    optimizer state has one structure whatever the rate: checkpoints restore into it.
+    """
+    if not callable(learning_rate):
+        raise TypeError(f"learning_rate must be a schedule, got {learning_rate!r}")
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
 
 
-def cosine_decay_steps(num_epochs: int, steps_per_epoch: int) -> int:
-    """The reference's T_max: one extra scheduler step per epoch (SPEC §2.7)."""
-    return num_epochs * (steps_per_epoch + 1)
+def reference_cosine_schedule(
+    peak: float, num_updates: int, steps_per_epoch: int
+) -> Callable[[jax.Array | int], jax.Array]:
+    """The reference's cosine-annealed learning rate of each optimiser update (SPEC §2.7).
+
+    The reference steps `CosineAnnealingLR(T_max = epochs * (S + 1), eta_min = 0)` once per batch
+    inside `training_step` (before that batch's optimiser step) and once more at every epoch end,
+    S batches per epoch. Update g (0-based) therefore runs at scheduler step
+    `t = g + 1 + floor(g / S)`, and the last update of the run sits one step before `T_max`, at
+    a rate of ~0. A step budget that is not a whole number of epochs ends with a partial epoch;
+    `T_max = n + ceil(n / S)` keeps the same rule for it.
+
+    Args:
+      peak: the initial learning rate.
+      num_updates: optimiser updates in the whole run (n).
+      steps_per_epoch: S, batches per epoch.
+
+    Returns:
+      `schedule(g) -> lr`, usable by optax (g is the update count) and on the host.
+    """
+    if num_updates < 1 or steps_per_epoch < 1:
+        raise ValueError(
+            f"num_updates={num_updates} and steps_per_epoch={steps_per_epoch} must be >= 1"
+        )
+    t_max = num_updates + -(-num_updates // steps_per_epoch)
+
+    def schedule(update: jax.Array | int) -> jax.Array:
+        update = jnp.asarray(update)
+        t = update + 1 + update // steps_per_epoch
+        return peak * 0.5 * (1.0 + jnp.cos(jnp.pi * t / t_max))
+
+    return schedule
 
 
 def count_params(params: Any) -> int:
@@ -109,6 +143,7 @@ class LoopConfig:
     eval_every: int
     checkpoint_every: int
     description: str = "train"
+    learning_rate: Callable[[int], Any] | None = None  # logged as train/learning_rate
 
 
 def fit(
@@ -121,6 +156,7 @@ def fit(
     rng: jax.Array,
     loop: LoopConfig,
     evaluate: Callable[[TrainState, int], Mapping[str, float]] | None = None,
+    finalize: Callable[[TrainState], tuple[TrainState, Mapping[str, float]]] | None = None,
 ) -> TrainState:
     """Runs (or resumes) training to `loop.num_steps`.
 
@@ -133,6 +169,9 @@ def fit(
       rng: base key; the step folds in the step number itself.
       evaluate: called every `loop.eval_every` steps and at the end with (state, step); returns
         scalars that are logged (and may write plots).
+      finalize: called once after the last step's evaluation, before its checkpoint, with the
+        state; returns the state to save and return (e.g. with mutated statistics) and scalars
+        logged like the evaluation's. Not called when a resumed run has nothing left to do.
     """
     checkpointer = Checkpointer(workdir / "checkpoints")
     writer = MetricWriter(workdir)
@@ -166,6 +205,8 @@ def fit(
                 check_finite(averaged, window_start + 1, done)
                 elapsed = time.perf_counter() - window_time
                 averaged["steps_per_second"] = len(window) / max(elapsed, 1e-9)
+                if loop.learning_rate is not None:
+                    averaged["learning_rate"] = float(loop.learning_rate(step))
                 writer.write(done, {f"train/{k}": v for k, v in averaged.items()})
                 progress.set_postfix(
                     loss=f"{averaged['loss']:.4f}", steps_s=f"{averaged['steps_per_second']:.2f}"
@@ -179,6 +220,10 @@ def fit(
                     f"[{loop.description}] step {done}: "
                     + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
                 )
+            if finalize is not None and done == loop.num_steps:
+                state, results = finalize(state)
+                check_finite(results, done, done)
+                writer.write(done, {f"eval/{k}": v for k, v in results.items()})
             if done % loop.checkpoint_every == 0 or done == loop.num_steps:
                 checkpointer.save(done, state, {"batches": batches.get_state()})
     finally:

@@ -5,12 +5,15 @@ in how token ids enter (an id table with a mask row vs. a finetuned codebook plu
 vector) and in the output head (weight-tied logits plus a per-position bias vs. a plain Dense).
 """
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ssl_vqvae import initializers
 
 TOKEN_INDEX = "token_index"
 FULL_EMBEDDING = "full_embedding"
@@ -56,6 +59,35 @@ class RMSNorm(nn.Module):
         return x * inv_norm * jnp.sqrt(jnp.asarray(dim, x.dtype)) * gain
 
 
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with bias-free q/k/v/out projections.
+
+    Scores are scaled by `head_dim ** -0.5`; dropout acts on the attention weights.
+    x: float32 [batch, seq, hidden] -> float32 [batch, seq, hidden].
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        batch, seq, hidden = x.shape
+        inner = self.num_heads * self.head_dim
+
+        def project(name: str) -> jax.Array:
+            y = initializers.dense(inner, hidden, self.param_init, use_bias=False, name=name)(x)
+            return y.reshape(batch, seq, self.num_heads, self.head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim**-0.5
+        weights = jax.nn.softmax(scores, axis=-1)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, seq, inner)
+        return initializers.dense(hidden, inner, self.param_init, use_bias=False, name="out")(y)
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm block `x + Attn(RMSNorm(x))`, then `x + FF(RMSNorm(x))`; bidirectional attention.
 
@@ -66,25 +98,21 @@ class EncoderBlock(nn.Module):
     head_dim: int
     mlp_dim: int
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         hidden = x.shape[-1]
         y = RMSNorm(name="attn_norm")(x)
-        y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads,
-            qkv_features=self.num_heads * self.head_dim,
-            out_features=hidden,
-            use_bias=False,
-            dropout_rate=self.dropout_rate,
-            name="attn",
-        )(y, deterministic=not train)
+        y = SelfAttention(
+            self.num_heads, self.head_dim, self.dropout_rate, self.param_init, name="attn"
+        )(y, train=train)
         x = x + y
         y = RMSNorm(name="mlp_norm")(x)
-        y = nn.Dense(self.mlp_dim, name="mlp_in")(y)
+        y = initializers.dense(self.mlp_dim, hidden, self.param_init, name="mlp_in")(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-        y = nn.Dense(hidden, name="mlp_out")(y)
+        y = initializers.dense(hidden, self.mlp_dim, self.param_init, name="mlp_out")(y)
         return x + y
 
 
@@ -94,6 +122,8 @@ class MaskGITTransformer(nn.Module):
     `variant="token_index"` is SPEC §4.2 (naive-VQVAE baseline), `"full_embedding"` is §4.3 (SSL
     runs). Class id `num_classes` is the null (unconditional) class. `dropout_rate` applies to the
     embeddings, attention weights and feed-forward hidden layer (all 0 in the reference).
+    `param_init`: "torch" initialises the Linear layers as the reference does, "flax" uses Flax's
+    defaults; embeddings are N(0, 1) either way, as torch's `nn.Embedding`.
     """
 
     codebook_size: int
@@ -107,6 +137,7 @@ class MaskGITTransformer(nn.Module):
     head_dim: int = 64
     mlp_dim: int = 256
     dropout_rate: float = 0.0
+    param_init: str = initializers.TORCH
 
     def __post_init__(self) -> None:
         _check_variant(self.variant)
@@ -140,7 +171,8 @@ class MaskGITTransformer(nn.Module):
         )(class_ids)
         x = jnp.concatenate([class_emb[:, None, :], x], axis=1)  # [batch, N + 1, embed]
 
-        h = nn.Dense(self.hidden_dim, use_bias=False, name="proj_in")(x)
+        dense = functools.partial(initializers.dense, scheme=self.param_init)
+        h = dense(self.hidden_dim, self.embed_dim, use_bias=False, name="proj_in")(x)
         hidden_pos = self.param("hidden_pos_emb", EMBED_INIT, (n + 1, self.hidden_dim))
         h = h + hidden_pos * self.hidden_dim**-0.5
         for i in range(self.depth):
@@ -149,12 +181,13 @@ class MaskGITTransformer(nn.Module):
                 head_dim=self.head_dim,
                 mlp_dim=self.mlp_dim,
                 dropout_rate=self.dropout_rate,
+                param_init=self.param_init,
                 name=f"block_{i}",
             )(h, train=train)
         h = RMSNorm(name="final_norm")(h)
-        x = nn.Dense(self.embed_dim, use_bias=False, name="proj_out")(h)
+        x = dense(self.embed_dim, self.hidden_dim, use_bias=False, name="proj_out")(h)
 
-        x = nn.Dense(self.embed_dim, name="head_dense")(x)
+        x = dense(self.embed_dim, self.embed_dim, name="head_dense")(x)
         x = nn.gelu(x, approximate=False)
         x = _layer_norm("head_norm")(x)
         x = x[:, 1:]  # drop the class position: [batch, N, embed]
@@ -163,7 +196,7 @@ class MaskGITTransformer(nn.Module):
             logits = tok_emb.attend(x) + logit_bias
             logits = logits[..., :k]  # the mask id is never a prediction target
         else:
-            logits = nn.Dense(k, name="head_out")(x)
+            logits = dense(k, self.embed_dim, name="head_out")(x)
         return logits.astype(jnp.float32)
 
     def _check_inputs(self, tokens: jax.Array, class_ids: jax.Array) -> None:

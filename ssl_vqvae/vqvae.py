@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_vqvae import layers, stft
+from ssl_vqvae import initializers, layers, stft
 from ssl_vqvae.quantizer import QuantizerOutput, VectorQuantizer
 from ssl_vqvae.ssl import Projector, pool_mean_max
 
@@ -23,7 +23,8 @@ MUTABLE_COLLECTIONS = ("batch_stats", "vq")
 class VQVAE(nn.Module):
     """NC-VQVAE tokenizer for series of a fixed `length` and `channels`.
 
-    `projector_output_dim = 0` disables the SSL branch (the plain VQ-VAE baseline).
+    `projector_output_dim = 0` disables the SSL branch (the plain VQ-VAE baseline). `param_init`
+    picks the parameter initialisers: "torch" (the reference's, default) or "flax".
     """
 
     length: int
@@ -36,10 +37,12 @@ class VQVAE(nn.Module):
     codebook_size: int = 32
     ema_decay: float = 0.9
     commitment_weight: float = 1.0
+    dead_code: str = "reference"  # see quantizer.DEAD_CODE_MODES
     projector_hidden_dim: int = 4096
     projector_output_dim: int = 0
     use_iternorm: bool = False
     iternorm_groups: int = 64
+    param_init: str = initializers.TORCH
 
     def setup(self) -> None:
         num_down = layers.num_downsample_blocks(self.length, self.n_fft, self.downsampled_width)
@@ -48,12 +51,14 @@ class VQVAE(nn.Module):
             hidden_dim=self.hidden_dim,
             num_res_blocks=self.num_res_blocks,
             dropout_rate=self.dropout_rate,
+            param_init=self.param_init,
         )
         self.quantizer = VectorQuantizer(
             codebook_size=self.codebook_size,
             dim=self.hidden_dim,
             decay=self.ema_decay,
             commitment_weight=self.commitment_weight,
+            dead_code=self.dead_code,
         )
         self.decoder = layers.Decoder(
             out_channels=2 * self.channels,
@@ -61,6 +66,7 @@ class VQVAE(nn.Module):
             hidden_dim=self.hidden_dim,
             num_res_blocks=self.num_res_blocks,
             dropout_rate=self.dropout_rate,
+            param_init=self.param_init,
         )
         if self.projector_output_dim:
             self.projector = Projector(
@@ -68,6 +74,7 @@ class VQVAE(nn.Module):
                 output_dim=self.projector_output_dim,
                 use_iternorm=self.use_iternorm,
                 iternorm_groups=self.iternorm_groups,
+                param_init=self.param_init,
             )
 
     @property
@@ -141,10 +148,14 @@ class VQVAE(nn.Module):
         vq = self.quantize(z, train=False, sample_temperature=sample_temperature)
         return vq.indices.reshape(x.shape[0], -1)
 
-    def representation(self, x: jax.Array) -> jax.Array:
-        """Pooled quantised latents for linear probes (SPEC §5.4): [B, L, C] -> [B, hidden_dim]."""
-        _, z = self.encode(x, train=False)
-        return jnp.mean(self.quantize(z, train=False).quantized, axis=(1, 2))
+    def representation(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Pooled quantised latents for linear probes (SPEC §5.4): [B, L, C] -> [B, hidden_dim].
+
+        `train=True` is the reference's probe: BatchNorm on batch statistics and, with mutable
+        collections, updates of the BN running statistics and the EMA codebook (SPEC §7.12).
+        """
+        _, z = self.encode(x, train=train)
+        return jnp.mean(self.quantize(z, train=train).quantized, axis=(1, 2))
 
     def reconstruct(self, x: jax.Array) -> jax.Array:
         """Eval-mode reconstruction through the quantiser: [B, L, C] -> [B, 2*floor(L/2), C]."""

@@ -68,7 +68,7 @@ def tiny_setup(gunpoint):
     """Model, optimizer, raw step and a first batch for the tiny VIbCReg config."""
     config = config_lib.stage1("vibcreg", "tiny")
     model = stage1.build_model(config, gunpoint.length, 1)
-    optimizer = training.make_optimizer(1e-3, 1e-3, 100)
+    optimizer = training.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
     names = ("window_warp", "amplitude_resize")
     batches = pipeline.BatchIterator(gunpoint.train, 16, seed=0, augmentations=names)
     state = stage1.init_state(
@@ -204,7 +204,7 @@ def test_resume_continues_and_restores_state_exactly(tiny_experiment, tmp_path, 
     steps = [r["step"] for r in _metrics(workdir / "stage1") if "train/loss" in r]
     assert steps == [4, 8, 12]
     model = stage1.build_model(config, GUNPOINT_LENGTH, 1)
-    optimizer = training.make_optimizer(1e-3, 1e-3, 1)
+    optimizer = training.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
     abstract = jax.eval_shape(
         lambda: stage1.init_state(
             model, optimizer, jnp.zeros((4, GUNPOINT_LENGTH, 1)), jax.random.key(0)

@@ -312,10 +312,12 @@ def fit_classifier(
         "seed": seed,
         "eval_every_epochs": eval_every_epochs,
         "data_digest": _digest(x_train, y_train, x_test, y_test),
+        # The training recipe: a cached FCN of another recipe is not reused silently.
+        "param_init": model.param_init,
+        "lr_schedule": "reference_cosine",
     }
-    optimizer = training.make_optimizer(
-        LEARNING_RATE, WEIGHT_DECAY, training.cosine_decay_steps(num_epochs, per_epoch)
-    )
+    learning_rate = training.reference_cosine_schedule(LEARNING_RATE, num_steps, per_epoch)
+    optimizer = training.make_optimizer(learning_rate, WEIGHT_DECAY)
     rng = jax.random.key(seed)
     example = jnp.asarray(x_train[:global_batch])
     _claim(workdir, settings)
@@ -343,6 +345,7 @@ def fit_classifier(
             eval_every=eval_every_epochs * per_epoch,
             checkpoint_every=CHECKPOINT_EVERY_STEPS,
             description=description,
+            learning_rate=learning_rate,
         ),
         evaluate=validator,
     )

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_vqvae import initializers
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -24,11 +26,13 @@ class FCN(nn.Module):
       num_classes: number of output classes.
       channels: output channels of the three convolutions; the last one is the feature size.
       kernel_sizes: temporal kernel size of each convolution.
+      param_init: "torch" (the reference's initialisers, default) or "flax".
     """
 
     num_classes: int
     channels: tuple[int, ...] = (128, 256, 128)
     kernel_sizes: tuple[int, ...] = (8, 5, 3)
+    param_init: str = initializers.TORCH
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -51,11 +55,13 @@ class FCN(nn.Module):
             )
         h = x
         for features, kernel_size in zip(self.channels, self.kernel_sizes, strict=True):
-            h = nn.Conv(features, kernel_size=(kernel_size,), padding="SAME")(h)
+            h = initializers.conv(
+                features, h.shape[-1], (kernel_size,), self.param_init, padding="SAME"
+            )(h)
             h = nn.BatchNorm(
                 use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
             )(h)
             h = nn.relu(h)
         pooled = jnp.mean(h, axis=1)
-        logits = nn.Dense(self.num_classes)(pooled)
+        logits = initializers.dense(self.num_classes, pooled.shape[-1], self.param_init)(pooled)
         return logits, pooled
