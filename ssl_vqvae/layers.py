@@ -13,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_vqvae import initializers
+from ssl_vqvae.normalization import BatchNorm
 
 LEAKY_RELU_SLOPE = 0.01
-# PyTorch BatchNorm2d momentum 0.1 == Flax momentum 0.9 (weight of the old running value).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 # (H, W) kernel of the down- and up-sampling convolutions; W is strided by 2, H by 1.
 SAMPLING_KERNEL = (3, 4)
 WIDTH_STRIDE = 2
@@ -125,8 +123,8 @@ class UpsampleConv(nn.Module):
         return y + bias
 
 
-def _batch_norm(train: bool) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+def _batch_norm(train: bool) -> BatchNorm:
+    return BatchNorm(use_running_average=not train)
 
 
 class DownBlock(nn.Module):

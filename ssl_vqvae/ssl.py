@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from ssl_vqvae import initializers
+from ssl_vqvae.normalization import BatchNorm
 
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 BT_STD_EPS = 1e-8  # added to the per-feature std before standardising (Barlow Twins)
 VIBCREG_VAR_EPS = 1e-4  # added to the variance inside the hinge's square root (VIbCReg)
 L2_NORMALIZE_EPS = 1e-12  # floor of column norms, as torch.nn.functional.normalize
@@ -208,9 +207,7 @@ class Projector(nn.Module):
         """h: float [batch, F] pooled features -> float32 [batch, output_dim]."""
         for _ in range(2):
             h = initializers.dense(self.hidden_dim, h.shape[-1], self.param_init)(h)
-            h = nn.BatchNorm(
-                use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
-            )(h)
+            h = BatchNorm(use_running_average=not train)(h)
             h = nn.relu(h)
         h = initializers.dense(self.output_dim, h.shape[-1], self.param_init)(h)
         if self.use_iternorm:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ssl_vqvae.evaluation import FCN
-from ssl_vqvae.evaluation.fcn import BN_EPSILON, BN_MOMENTUM
+from ssl_vqvae.normalization import EPSILON as BN_EPSILON
+from ssl_vqvae.normalization import MOMENTUM as BN_MOMENTUM
 
 TINY = dict(num_classes=3, channels=(4, 6, 5), kernel_sizes=(8, 5, 3))
 BATCH, LENGTH, IN_CHANNELS = 2, 16, 2

@@ -10,9 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_vqvae import initializers
-
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+from ssl_vqvae.normalization import BatchNorm
 
 
 class FCN(nn.Module):
@@ -58,9 +56,7 @@ class FCN(nn.Module):
             h = initializers.conv(
                 features, h.shape[-1], (kernel_size,), self.param_init, padding="SAME"
             )(h)
-            h = nn.BatchNorm(
-                use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
-            )(h)
+            h = BatchNorm(use_running_average=not train)(h)
             h = nn.relu(h)
         pooled = jnp.mean(h, axis=1)
         logits = initializers.dense(self.num_classes, pooled.shape[-1], self.param_init)(pooled)
