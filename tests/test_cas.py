@@ -160,3 +160,20 @@ def test_bad_labels_are_rejected(tmp_path):
     x, y = _toy_split(np.random.default_rng(2), 8)
     with pytest.raises(ValueError, match="y_test"):
         classifier.fit_classifier(x, y, x, y + NUM_CLASSES, NUM_CLASSES, tmp_path, num_epochs=1)
+
+
+def test_cached_synthetic_set_is_keyed_by_the_decoding_settings(tiny_experiment):
+    """A changed sampling setting must not reuse a synthetic set sampled under the old one."""
+    from ssl_vqvae.api import Experiment
+
+    experiment = Experiment.load(tiny_experiment, require_prior=True)
+    counts = np.array([3, 5])
+    base = cas._generator_key(experiment, counts, seed=0)
+    assert cas._generator_key(experiment, counts, seed=0) == base
+    assert cas._generator_key(experiment, counts, seed=1) != base
+    for field, value in (("num_steps", 7), ("choice_temperature", 2.0), ("guidance_scale", 2.0)):
+        experiment.stage2_config.unlock()
+        old = experiment.stage2_config.sampling[field]
+        experiment.stage2_config.sampling[field] = value
+        assert cas._generator_key(experiment, counts, seed=0) != base, field
+        experiment.stage2_config.sampling[field] = old

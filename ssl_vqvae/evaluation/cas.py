@@ -105,8 +105,13 @@ def sample_synthetic_train_set(
 
 
 def _generator_key(experiment: Experiment, counts: np.ndarray, seed: int) -> str:
-    """Digest of everything the synthetic set depends on."""
-    digest = hashlib.sha256(f"{counts.tolist()} {seed}".encode())
+    """Digest of everything the synthetic set depends on: models, decoding settings, counts."""
+    config = experiment.stage2_config
+    settings = (
+        f"{counts.tolist()} {seed} {stage2.decoding_config(config)} "
+        f"{config.sampling.guidance_scale}"
+    )
+    digest = hashlib.sha256(settings.encode())
     for leaf in jax.tree.leaves(
         jax.device_get((experiment.tokenizer_variables, experiment.prior_params))
     ):
