@@ -40,6 +40,23 @@ def _check_views(z1: jax.Array, z2: jax.Array) -> None:
         raise ValueError(f"z1, z2: batch statistics need batch >= 2, got shape {z1.shape}")
 
 
+def _off_diagonal_sum_of_squares(a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum_{i != j} (a^T b)_ij^2 for a, b: float32 [batch, D] -> [].
+
+    For D > batch (the 4096-wide projector at batch 128) it never forms the D x D matrix:
+    ||a^T b||_F^2 = sum((a a^T) * (b b^T)) over two batch x batch Grams (2 B^2 D multiply-adds
+    instead of B D^2), minus the squared diagonal sum_i (sum_b a_bi b_bi)^2. Same value.
+    """
+    batch, dim = a.shape
+    diagonal = jnp.sum(a * b, axis=0)
+    if dim <= batch:
+        cross = jnp.matmul(a.T, b, precision=_HIGHEST)
+        return jnp.sum(jnp.where(jnp.eye(dim, dtype=bool), 0.0, cross) ** 2)
+    gram_a = jnp.matmul(a, a.T, precision=_HIGHEST)
+    gram_b = gram_a if b is a else jnp.matmul(b, b.T, precision=_HIGHEST)
+    return jnp.sum(gram_a * gram_b) - jnp.sum(diagonal**2)
+
+
 def _unbiased_variance(z: jax.Array) -> jax.Array:
     """Per-feature variance with Bessel's correction, as torch.var: [batch, D] -> [D]."""
     return jnp.var(z, axis=0, ddof=1)
@@ -62,9 +79,9 @@ def barlow_twins_loss(
         std = _safe_sqrt(_unbiased_variance(z))
         return (z - jnp.mean(z, axis=0)) / (std + BT_STD_EPS)
 
-    cross = jnp.matmul(standardise(z1).T, standardise(z2), precision=_HIGHEST) / batch
-    on_diagonal = jnp.sum((1.0 - jnp.diagonal(cross)) ** 2)
-    off_diagonal = jnp.sum(jnp.where(jnp.eye(dim, dtype=bool), 0.0, cross) ** 2)
+    z1_hat, z2_hat = standardise(z1), standardise(z2)
+    on_diagonal = jnp.sum((1.0 - jnp.sum(z1_hat * z2_hat, axis=0) / batch) ** 2)
+    off_diagonal = _off_diagonal_sum_of_squares(z1_hat, z2_hat) / batch**2
     return (on_diagonal + off_diagonal_weight * off_diagonal) / dim
 
 
@@ -78,9 +95,7 @@ def _feature_correlation_penalty(z: jax.Array) -> jax.Array:
     centred = z - jnp.mean(z, axis=0)
     norms = _safe_sqrt(jnp.sum(centred**2, axis=0))
     normalised = centred / jnp.maximum(norms, L2_NORMALIZE_EPS)
-    correlation = jnp.matmul(normalised.T, normalised, precision=_HIGHEST)
-    correlation = jnp.where(jnp.eye(z.shape[1], dtype=bool), 0.0, correlation)
-    return jnp.mean(correlation**2)
+    return _off_diagonal_sum_of_squares(normalised, normalised) / z.shape[1] ** 2
 
 
 def vibcreg_loss(

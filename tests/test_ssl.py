@@ -111,7 +111,9 @@ def test_pool_mean_max_matches_numpy():
 # ---------------------------------------------------------------- Barlow Twins
 
 
-@pytest.mark.parametrize(("batch", "dim", "lam"), [(12, 16, 0.005), (6, 8, 0.5), (2, 8, 0.005)])
+@pytest.mark.parametrize(
+    ("batch", "dim", "lam"), [(12, 16, 0.005), (6, 8, 0.5), (2, 8, 0.005), (24, 8, 0.005)]
+)
 def test_barlow_twins_matches_numpy(batch, dim, lam):
     z1, z2 = _views(batch, dim, seed=batch)
     loss = _bt(z1, z2, lam)
@@ -137,7 +139,7 @@ def test_barlow_twins_is_invariant_to_feature_affine_maps():
 # ---------------------------------------------------------------- VIbCReg
 
 
-@pytest.mark.parametrize(("batch", "dim"), [(16, 32), (6, 8), (2, 8)])
+@pytest.mark.parametrize(("batch", "dim"), [(16, 32), (6, 8), (2, 8), (24, 8)])
 def test_vibcreg_matches_numpy(batch, dim):
     z1, z2 = _views(batch, dim, seed=batch + 100)
     loss, terms = _vibcreg(z1, z2)
@@ -149,6 +151,44 @@ def test_vibcreg_matches_numpy(batch, dim):
         25 * expected["invariance"] + 25 * expected["variance"] + 100 * expected["covariance"]
     )
     np.testing.assert_allclose(loss, total, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_name", ["barlowtwins", "vibcreg"])
+def test_batch_gram_form_equals_torch_cross_correlation_form(loss_name):
+    """The D > batch path (batch x batch Grams) against the reference's D x D form in torch.
+
+    Values and gradients at the projector's real width (4096, batch 128): the Gram form must be
+    the same loss, not an approximation.
+    """
+    torch = pytest.importorskip(
+        "torch", reason="parity extra not installed: pip install -e '.[parity]'"
+    )
+    batch, dim = 128, 4096
+    rng = np.random.default_rng(11)
+    mixing = rng.normal(size=(dim, dim // 64)).astype(np.float32)
+    z1 = (rng.normal(size=(batch, dim // 64)) @ mixing.T).astype(np.float32)
+    z2 = (z1 + 0.5 * rng.normal(size=(batch, dim))).astype(np.float32)
+    t1, t2 = (torch.tensor(z, dtype=torch.float64, requires_grad=True) for z in (z1, z2))
+    eye = torch.eye(dim, dtype=torch.bool)
+    if loss_name == "barlowtwins":
+        standardise = lambda z: (z - z.mean(0)) / (z.std(0) + 1e-8)  # noqa: E731
+        cross = standardise(t1).T @ standardise(t2) / batch
+        expected = ((1 - cross.diagonal()).pow(2).sum() + 0.005 * cross[~eye].pow(2).sum()) / dim
+        ours_fn = lambda a, b: barlow_twins_loss(a, b, 0.005)  # noqa: E731
+    else:
+
+        def covariance(z):
+            normalised = torch.nn.functional.normalize(z - z.mean(0), dim=0)
+            return (normalised.T @ normalised)[~eye].pow(2).sum() / dim**2
+
+        expected = covariance(t1) + covariance(t2)
+        ours_fn = lambda a, b: vibcreg_loss(a, b)[1]["covariance"]  # noqa: E731
+    expected.backward()
+    value, grads = jax.value_and_grad(ours_fn, argnums=(0, 1))(jnp.asarray(z1), jnp.asarray(z2))
+    np.testing.assert_allclose(value, expected.item(), rtol=2e-5)
+    for grad, reference in zip(grads, (t1.grad, t2.grad), strict=True):
+        reference = reference.numpy()
+        np.testing.assert_allclose(grad, reference, atol=1e-4 * np.abs(reference).max())
 
 
 def test_vibcreg_weights_are_applied():
