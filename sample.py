@@ -9,28 +9,40 @@ Writes `<workdir>/samples/samples.npz` (samples [N, L', C] in the archive's unit
 label = num_classes marks unconditional samples) and a PNG of generated vs real series.
 """
 
+import math
 import pathlib
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from ssl_vqvae import Experiment, cli, plots
+from ssl_vqvae import Experiment, cli, experiment, plots
+from ssl_vqvae.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
-flags.DEFINE_integer("num_samples", 32, "Samples per class (or in total for 'none').")
+flags.DEFINE_integer(
+    "num_samples", 32, "Samples per class (or in total for 'none').", lower_bound=1
+)
 flags.DEFINE_string("class_id", "all", "'all' (each class), 'none' (unconditional) or a class id.")
-flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance (default: from config).")
-flags.DEFINE_float("temperature", None, "Choice temperature of decoding (default: config).")
-flags.DEFINE_integer("steps", None, "Decoding steps T (default: config).")
+flags.DEFINE_float(
+    "guidance_scale", None, "Classifier-free guidance (default: from config).", lower_bound=0.0
+)
+flags.DEFINE_float(
+    "temperature", None, "Choice temperature of decoding (default: config).", lower_bound=0.0
+)
+flags.DEFINE_integer("steps", None, "Decoding steps T (default: config).", lower_bound=1)
 flags.DEFINE_boolean(
     "mask_unused_codes",
     None,
     "Never sample codes the training tokens do not use (default: config).",
 )
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.", lower_bound=0)
 flags.DEFINE_string("output", None, "Output folder (default: <workdir>/samples).")
 flags.mark_flag_as_required("workdir")
+for _name in ("guidance_scale", "temperature"):
+    flags.register_validator(
+        _name, lambda value: value is None or math.isfinite(value), "expected a finite number"
+    )
 
 
 def _class_ids(spec: str, num_classes: int) -> list[int | None]:
@@ -39,19 +51,23 @@ def _class_ids(spec: str, num_classes: int) -> list[int | None]:
     if spec == "none":
         return [None]
     if not spec.lstrip("-").isdigit() or not 0 <= int(spec) < num_classes:
-        raise app.UsageError(f"--class_id={spec}; expected all, none or 0..{num_classes - 1}")
+        raise UserError(f"--class_id={spec}; expected all, none or 0..{num_classes - 1}")
     return [int(spec)]
 
 
 def main(argv: list[str]) -> None:
     del argv
-    experiment = Experiment.load(FLAGS.workdir, require_prior=True)
-    output = pathlib.Path(FLAGS.output or experiment.workdir / "samples")
+    stage1_config, _ = experiment.check_trained(FLAGS.workdir)
+    class_ids = _class_ids(FLAGS.class_id, experiment.load_dataset(stage1_config).num_classes)
+    workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()
+    output = pathlib.Path(FLAGS.output).expanduser() if FLAGS.output else workdir / "samples"
+    experiment.check_writable(output)
+    loaded = Experiment.load(workdir, require_prior=True)
     output.mkdir(parents=True, exist_ok=True)
-    dataset = experiment.dataset
+    dataset = loaded.dataset
     series, labels = [], []
-    for class_id in _class_ids(FLAGS.class_id, dataset.num_classes):
-        samples, ids = experiment.sample(
+    for class_id in class_ids:
+        samples, ids = loaded.sample(
             FLAGS.num_samples,
             class_id,
             guidance_scale=FLAGS.guidance_scale,

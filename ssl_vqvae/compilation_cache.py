@@ -4,7 +4,8 @@ Compiling the train steps, the generator and the evaluation FCN costs seconds to
 small CPU; with the cache a second run of the same configuration (a resume, a rerun, the next
 seed of a grid) loads the compiled programs instead. The cache lives in the user cache folder
 (`$XDG_CACHE_HOME/ssl_vqvae/jax`, else `~/.cache/ssl_vqvae/jax`); `SSL_VQVAE_JAX_CACHE=<dir>`
-moves it and `SSL_VQVAE_JAX_CACHE=off` (or `--nocompilation_cache`) turns it off.
+moves it and `SSL_VQVAE_JAX_CACHE=off` (or `--nocompilation_cache`) turns it off. JAX's own
+`JAX_COMPILATION_CACHE_DIR`, when set, is respected.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def enable(directory: str | pathlib.Path | None = None) -> pathlib.Path | None:
         if setting.strip().lower() in OFF_VALUES:
             return None
         directory = setting
+    directory = directory or os.environ.get("JAX_COMPILATION_CACHE_DIR")
     directory = pathlib.Path(directory or default_directory()).expanduser()
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,38 @@ run takes seconds, for tests and smoke runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
+
+from ssl_vqvae.errors import UserError, did_you_mean
 
 SSL_METHODS = ("none", "barlowtwins", "vibcreg")
 PRIOR_VARIANTS = ("auto", "token_index", "full_embedding")
 MASKING_MODES = ("thesis", "standard")
+CONFIG_ARGUMENTS = ("tiny",)  # what may follow the config file name: `configs/x.py:tiny`
+
+
+def _check_argument(arg: str | None) -> None:
+    """Rejects what follows `:` in `--config=configs/x.py:<arg>` unless it is known."""
+    if arg and arg not in CONFIG_ARGUMENTS:
+        raise UserError(
+            f"unknown config argument {arg!r} (after ':' in --config); expected nothing or one "
+            f"of {CONFIG_ARGUMENTS}{did_you_mean(arg, CONFIG_ARGUMENTS)}"
+        )
+
+
+def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = "") -> dict:
+    """`{"a.b": leaf}` for every leaf of a (nested) config or of its JSON form."""
+    leaves = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+            leaves.update(flatten(value, f"{path}."))
+        else:
+            leaves[path] = value
+    return leaves
 
 
 def _data(batch_size: int) -> ml_collections.ConfigDict:
@@ -34,6 +61,8 @@ def _train() -> ml_collections.ConfigDict:
             "log_every": 50,
             "eval_every_epochs": 20,
             "checkpoint_every": 1000,
+            # Also save after this long (<= 0: never on time): slow steps never go unsaved long.
+            "checkpoint_every_minutes": 10.0,
         }
     )
 
@@ -44,8 +73,10 @@ def _optim(weight_decay: float = 1e-3) -> ml_collections.ConfigDict:
 
 def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """Stage-1 (tokenizer) config for `method` in SSL_METHODS."""
+    _check_argument(arg)
     if method not in SSL_METHODS:
-        raise ValueError(f"ssl.method={method!r}; expected one of {SSL_METHODS}")
+        hint = did_you_mean(method, SSL_METHODS)
+        raise UserError(f"ssl.method={method!r}; expected one of {SSL_METHODS}{hint}")
     config = ml_collections.ConfigDict()
     config.stage = "stage1"
     config.seed = 1
@@ -91,8 +122,6 @@ def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.plot_every_eval = True
     if arg == "tiny":
         _shrink_stage1(config)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'tiny'")
     return config
 
 
@@ -117,6 +146,7 @@ def _shrink_train(config: ml_collections.ConfigDict) -> None:
 
 def stage2(arg: str | None = None) -> ml_collections.ConfigDict:
     """Stage-2 (MaskGIT prior) config; the dataset and tokenizer come from the stage-1 run."""
+    _check_argument(arg)
     config = ml_collections.ConfigDict()
     config.stage = "stage2"
     config.seed = 1
@@ -157,6 +187,4 @@ def stage2(arg: str | None = None) -> ml_collections.ConfigDict:
         config.prior.mlp_dim = 32
         config.sampling.num_steps = 4
         _shrink_train(config)
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected nothing or 'tiny'")
     return config

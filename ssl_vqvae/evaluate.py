@@ -24,6 +24,7 @@ from absl import flags
 from ssl_vqvae import cli, experiment, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
+from ssl_vqvae.errors import UserError
 from ssl_vqvae.evaluation import cas, classifier, report
 from ssl_vqvae.evaluation.metrics import frechet_distance, inception_score
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
@@ -31,24 +32,12 @@ from ssl_vqvae.evaluation.probes import linear_probe_accuracies
 EVAL_DIR = "eval"
 MIN_GENERATED = 256  # the reference samples max(N_test, 256) series and scores the first N_test
 MIN_TEST_SERIES = 10  # IS splits the scored set into 10 parts
-STAGE_CONFIGS = (("stage1", "configs/stage1_vibcreg.py"), ("stage2", "configs/stage2_maskgit.py"))
 NUM_PHASES = 6
-
-
-def check_trained(workdir: pathlib.Path) -> None:
-    """Fails with the command to run when a stage of the experiment is missing."""
-    for stage, config in STAGE_CONFIGS:
-        folder = experiment.stage_dir(workdir, stage)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{folder} not found: evaluation needs a trained {stage}; run "
-                f"`python train.py --config={config} --workdir={workdir}` first"
-            )
 
 
 def check_test_split(dataset: UCRDataset) -> None:
     if len(dataset.test) < MIN_TEST_SERIES:
-        raise ValueError(
+        raise UserError(
             f"dataset {dataset.name!r} has {len(dataset.test)} test series; FID, IS and CAS "
             f"need a test split of at least {MIN_TEST_SERIES}"
         )
@@ -103,10 +92,13 @@ def fidelity_metrics(
         fcn.model, fcn.variables, generated, exp.mesh
     )
     is_mean, is_std = inception_score(probs, rng=np.random.default_rng(seed))
+    predicted = np.bincount(np.argmax(probs, axis=-1), minlength=probs.shape[-1])
     metrics = {
         "fid": frechet_distance(real_features, generated_features),
         "is_mean": is_mean,
         "is_std": is_std,
+        # how the FCN classifies the scored samples: explains an IS near 1 (`report.notes`)
+        "generated_class_fractions": (predicted / predicted.sum()).tolist(),
         "num_test": len(test),
         "num_generated": num_generated,
         "eval_length": int(real.shape[1]),
@@ -165,13 +157,17 @@ def evaluate_experiment(
       codebook usage, settings and per-phase wall times.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
-    check_trained(workdir)
+    stage1_config, _ = experiment.check_trained(workdir)
+    out = workdir / EVAL_DIR
+    fcn_dir = classifier.fcn_cache_dir(cache_dir, stage1_config.data.dataset, fcn_epochs)
+    experiment.check_writable(out)
+    if not (fcn_dir / classifier.SUMMARY_FILE).is_file():  # a cached FCN is only read
+        experiment.check_writable(fcn_dir)
     progress = _Progress(NUM_PHASES)
     with progress.phase("load experiment"):
         exp = Experiment.load(workdir, require_prior=True)
         check_test_split(exp.dataset)
-    dataset, out = exp.dataset, workdir / EVAL_DIR
-    fcn_dir = classifier.fcn_cache_dir(cache_dir, dataset.name, fcn_epochs)
+    dataset = exp.dataset
     counts = cas.synthetic_class_counts(dataset.train.y, dataset.num_classes, cas_min_samples)
     _print_plan(dataset, fcn_dir, fcn_epochs, cas_epochs, int(counts.sum()), exp.mesh.size)
 
@@ -207,6 +203,7 @@ def evaluate_experiment(
             "fcn_dir": str(fcn_dir),
             "cas_accuracy": cas_result.accuracy,
             "cas_val_acc_ema": cas_result.val_acc_ema,
+            "cas_ema_batches": report.ema_batches(cas_result.summary),
             "cas_num_train": len(cas_result.y),
             "cas_epochs": cas_epochs,
             "cas_steps": cas_result.summary["num_steps"],
@@ -246,11 +243,17 @@ def _write_figures(
 
 
 def define_flags() -> None:
-    """Command-line flags of the evaluation entry points."""
+    """Command-line flags of the evaluation entry points (bounds checked while parsing)."""
     flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
-    flags.DEFINE_integer("fcn_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the FID/IS FCN.")
-    flags.DEFINE_integer("cas_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the CAS FCN.")
-    flags.DEFINE_integer("seed", 0, "Seed of sampling, the IS shuffle and the CAS FCN.")
+    flags.DEFINE_integer(
+        "fcn_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the FID/IS FCN.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "cas_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the CAS FCN.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of sampling, the IS shuffle and the CAS FCN.", lower_bound=0
+    )
     flags.DEFINE_string(
         "cache_dir",
         None,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ssl_vqvae import augment
 from ssl_vqvae.data import Split
+from ssl_vqvae.errors import UserError
 
 
 def round_to_devices(size: int, num_devices: int) -> int:
@@ -25,9 +26,9 @@ def round_to_devices(size: int, num_devices: int) -> int:
 def global_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
     """The largest multiple of `num_devices` that is <= min(requested, num_examples)."""
     if requested < 1:
-        raise ValueError(f"data.batch_size={requested}; expected a positive integer")
+        raise UserError(f"data.batch_size={requested}; expected a positive integer")
     if num_examples < num_devices:
-        raise ValueError(
+        raise UserError(
             f"dataset has {num_examples} series, fewer than the {num_devices} devices of the mesh"
         )
     return round_to_devices(min(requested, num_examples), num_devices)

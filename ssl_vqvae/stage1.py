@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssl_vqvae import augment, experiment, pipeline, plots, sharding, ssl, training
+from ssl_vqvae import augment, experiment, pipeline, plots, sharding, ssl, training, validation
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS, VQVAE
@@ -269,11 +269,20 @@ def reference_probe_pass(
     return state, {f"train_mode_{name}": value for name, value in accuracies.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.TrainState:
-    """Trains the tokenizer into `<workdir>/stage1` (resuming if a checkpoint exists)."""
-    experiment.validate_stage1(config)
-    run_dir = experiment.stage_dir(workdir, STAGE)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+) -> training.TrainState:
+    """Trains the tokenizer into `<workdir>/stage1` (resuming if a checkpoint exists).
+
+    Bad config values, data files and workdirs fail with a `UserError` before anything is
+    compiled or written; `overwrite` moves an existing `stage1/` aside first (see
+    `experiment.check_run_dir`).
+    """
+    validation.validate_stage1(config)
+    run = experiment.check_run_dir(workdir, STAGE, config, overwrite)
     dataset = experiment.load_dataset(config)
+    validation.check_series_length(config.model, dataset.name, dataset.length)
+    run_dir = run.run_dir
     mesh = sharding.make_mesh()
     batch_size, eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)
     augmentations = (
@@ -285,6 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     schedule = experiment.Schedule(
         config.train, batches.steps_per_epoch, config.optim.learning_rate
     )
+    experiment.set_resolved(config, run_id=experiment.begin_run(run, STAGE))
     experiment.write_config(config, run_dir)
 
     model = build_model(config, dataset.length, dataset.channels)

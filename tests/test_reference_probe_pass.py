@@ -1,5 +1,6 @@
 """`train.reference_probe_pass`: the reference's state-mutating final probe (SPEC §7.12)."""
 
+import json
 import shutil
 
 import chex
@@ -64,11 +65,16 @@ def on_and_off(tiny_experiment, tmp_path_factory):
     """(workdir of a run with the option on, the tiny experiment's stage-1 folder: option off).
 
     The on-run resumes the off-run from its step-4 checkpoint, so up to the final pass both
-    trained the same steps on the same batches.
+    trained the same steps on the same batches. Its stored config says the option was on from
+    the start (the workdir guard refuses to switch it in a resumed run).
     """
     workdir = tmp_path_factory.mktemp("reference_probe_pass")
     shutil.copytree(tiny_experiment / "stage1", workdir / "stage1")
     shutil.rmtree(workdir / "stage1" / "checkpoints" / "8")
+    stored_path = workdir / "stage1" / "config.json"
+    stored = json.loads(stored_path.read_text())
+    stored["train"]["reference_probe_pass"] = True
+    stored_path.write_text(json.dumps(stored, indent=2) + "\n")
     config = config_lib.stage1("vibcreg", "tiny")
     assert not config.train.reference_probe_pass
     config.train.reference_probe_pass = True

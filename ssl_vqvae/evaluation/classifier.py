@@ -43,7 +43,7 @@ BATCH_SIZE = 256
 DEFAULT_EPOCHS = 1000
 EMA_RATE = 0.01
 LOG_EVERY_STEPS = 50
-CHECKPOINT_EVERY_STEPS = 1000
+CHECKPOINT_EVERY_STEPS = 1000  # and every LoopConfig.checkpoint_every_minutes (10)
 # Validation of the cached FID/IS classifier only tracks progress, so it need not run every epoch.
 FCN_EVAL_EVERY_EPOCHS = 10
 CACHE_ENV = "SSL_VQVAE_CACHE"

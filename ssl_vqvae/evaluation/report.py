@@ -1,8 +1,13 @@
-"""Evaluation report: `report.json`, a one-row Markdown table and the evaluation figures."""
+"""Evaluation report: `report.json`, a one-row Markdown table and the evaluation figures.
+
+`report.md` adds notes where a number cannot be read as it stands (`notes`), and gives paths
+relative to the workdir (or to `~`).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -11,11 +16,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ssl_vqvae import plots
+from ssl_vqvae.evaluation import classifier
 
 MAX_PLOT_CLASSES = 6
 PCA_COMPONENTS = 2
 SCATTER_SIZE = 6
 SCATTER_ALPHA = 0.5
+# An IS below 1 + this means the FCN puts (nearly) every sample in the same class ...
+IS_ONE_CLASS_MARGIN = 0.05
+# ... which says something about the samples only if the FCN separates the real classes.
+CONFIDENT_FCN_ACCURACY = 0.9
+# val_acc_ema starts at 0: it is read as it stands once that start weighs at most 10%.
+EMA_TRUSTED_WEIGHT = 0.9
+FIGURES = ("real_vs_generated.png", "fcn_features_pca.png", "codebook_usage.png")
 
 # (cell key of `table_cells`, column header) of the Markdown table.
 TABLE_COLUMNS = (
@@ -60,19 +73,79 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join([header, rule, row])
 
 
+def ema_batches(summary: Mapping[str, Any]) -> int:
+    """Validation batches folded into a classifier run's `val_acc_ema` (its `summary.json`)."""
+    eval_every = summary["eval_every_epochs"] * summary["steps_per_epoch"]
+    validations = math.ceil(summary["num_steps"] / eval_every)  # the last step validates too
+    return validations * math.ceil(summary["num_test"] / summary["batch_size"])
+
+
+def ema_weight(num_batches: int, rate: float = classifier.EMA_RATE) -> float:
+    """Weight of the accuracy (vs the zero start) in an EMA after `num_batches` updates."""
+    return 1.0 - (1.0 - rate) ** num_batches
+
+
+def notes(report: Mapping[str, Any]) -> list[str]:
+    """Warnings for numbers of the table that cannot be read as they stand."""
+    found = []
+    if report["fcn_test_accuracy"] < CONFIDENT_FCN_ACCURACY:
+        found.append(
+            f"The FID/IS FCN classifies only {report['fcn_test_accuracy']:.0%} of the real test "
+            f"series correctly ({report['fcn_epochs']} epochs): FID and IS say little until it "
+            "separates the classes (--fcn_epochs; SPEC: 1000)."
+        )
+    fractions = report.get("generated_class_fractions")
+    if (
+        fractions
+        and report["is_mean"] < 1.0 + IS_ONE_CLASS_MARGIN
+        and report["fcn_test_accuracy"] >= CONFIDENT_FCN_ACCURACY
+    ):
+        top = max(range(len(fractions)), key=fractions.__getitem__)
+        found.append(
+            f"IS {report['is_mean']:.2f} is about 1 while the FCN classifies "
+            f"{report['fcn_test_accuracy']:.0%} of the real test series correctly: it puts "
+            f"{fractions[top]:.0%} of the unconditional samples in class {top}, so the samples "
+            f"cover one class, not the {len(fractions)} of the data set (the score describes the "
+            "samples, not the classifier)."
+        )
+    batches = report.get("cas_ema_batches")
+    if batches is not None and ema_weight(batches) < EMA_TRUSTED_WEIGHT:
+        weight, rate = ema_weight(batches), classifier.EMA_RATE
+        needed = math.ceil(math.log(1.0 - EMA_TRUSTED_WEIGHT) / math.log(1.0 - rate))
+        corrected = _percent(report["cas_val_acc_ema"] / weight)
+        found.append(
+            f"CAS val_acc_ema {_percent(report['cas_val_acc_ema'])}% vs final accuracy "
+            f"{_percent(report['cas_accuracy'])}%: the EMA (rate {rate}, starting at 0) saw only "
+            f"{batches} validation batch{'' if batches == 1 else 'es'}, so its zero start still "
+            f"weighs {1.0 - weight:.0%}; it needs {needed} batches to mean anything. Divided by "
+            f"{weight:.2f} (bias-corrected) it reads {corrected}%; use the final accuracy."
+        )
+    return found
+
+
+def display_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:
+    """`path` relative to the workdir if inside it, else to `~` if inside that, else as is."""
+    path = pathlib.Path(path)
+    for base, prefix in ((pathlib.Path(workdir), ""), (pathlib.Path.home(), "~/")):
+        if path.is_relative_to(base):
+            return prefix + str(path.relative_to(base))
+    return str(path)
+
+
 def write_report(report: Mapping[str, Any], directory: pathlib.Path) -> None:
-    """Writes `report.json` (everything) and `report.md` (the table plus settings)."""
+    """Writes `report.json` (everything) and `report.md` (the table, settings and notes)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    workdir = pathlib.Path(report["workdir"])
     lines = [
-        f"# Evaluation of {report['workdir']}",
+        f"# Evaluation of {workdir.name}",
         "",
         markdown_table(report),
         "",
         f"- FID / IS: {report['num_test']} real test series (STFT round trip) vs the first "
         f"{report['num_test']} of {report['num_generated']} unconditional samples, length "
         f"{report['eval_length']}; FCN trained {report['fcn_epochs']} epochs "
-        f"({report['fcn_steps']} steps), cached in `{report['fcn_dir']}`.",
+        f"({report['fcn_steps']} steps), cached in `{display_path(report['fcn_dir'], workdir)}`.",
         f"- CAS: FCN trained {report['cas_epochs']} epochs ({report['cas_steps']} steps) on "
         f"{report['cas_num_train']} class-conditional samples; final test accuracy / "
         "val_acc_ema (EMA 0.01 of per-batch test accuracy).",
@@ -80,8 +153,14 @@ def write_report(report: Mapping[str, Any], directory: pathlib.Path) -> None:
         "training mode, SPEC §5.4).",
         f"- Test-set tokens use {report['codebook_usage']:.0%} of the codebook "
         f"(perplexity {report['token_perplexity']:.1f}); seed {report['seed']}.",
+        "- Paths are relative to the workdir; figures: "
+        + ", ".join(f"[{name}]({name})" for name in FIGURES)
+        + f" (in `{display_path(directory, workdir)}/`).",
         "",
     ]
+    found = notes(report)
+    if found:
+        lines += ["## Notes", "", *(f"- {note}" for note in found), ""]
     (directory / "report.md").write_text("\n".join(lines))
 
 
