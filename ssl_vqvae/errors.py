@@ -20,6 +20,11 @@ class MissingInputError(UserError, FileNotFoundError):
     absent; also a FileNotFoundError for callers of the Python API."""
 
 
+class TrainingDivergedError(UserError, FloatingPointError):
+    """A logged metric turned NaN or infinite: a setting to change (learning rate, data), named
+    in one line with the step range; the last checkpoint before it is kept."""
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """`"; did you mean 'x'?"` for the closest of `choices` to `value`, or "" if none is close."""
     matches = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)

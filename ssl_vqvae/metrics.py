@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from ssl_vqvae.errors import TrainingDivergedError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -80,7 +82,7 @@ def check_finite(metrics: Mapping[str, float], first_step: int, last_step: int) 
     """Fails loudly, naming the step range, when a logged metric is NaN or infinite."""
     bad = {key: value for key, value in metrics.items() if not math.isfinite(float(value))}
     if bad:
-        raise FloatingPointError(
+        raise TrainingDivergedError(
             f"non-finite metrics {bad} between steps {first_step} and {last_step}; "
             "lower optim.learning_rate or check the data for extreme values"
         )

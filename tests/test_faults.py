@@ -323,3 +323,15 @@ def test_interrupted_trainer_ends_as_the_uninterrupted_one(soaked, trainer):
     assert sorted(labels) == ["SIGKILL during a save", "SIGTERM"]
     assert result.interruptions[labels.index("SIGKILL during a save")].killed_while_saving
     assert result.survived() == 2
+
+
+def test_divergence_is_a_one_line_user_error_naming_the_steps():
+    """A NaN metric stops the run with a message the CLI prints as one line, not a traceback."""
+    from ssl_vqvae.errors import UserError
+    from ssl_vqvae.metrics import check_finite
+
+    check_finite({"loss": 1.0}, 1, 50)
+    with pytest.raises(UserError, match=r"non-finite metrics .*'loss'.* steps 51 and 100") as info:
+        check_finite({"loss": float("nan"), "grad_norm": 2.0}, 51, 100)
+    assert isinstance(info.value, FloatingPointError)
+    assert "grad_norm" not in str(info.value)
