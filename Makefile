@@ -8,7 +8,7 @@ DEMO_CHECKPOINT_EVERY ?= 100
 DEMO_FCN_EPOCHS ?= 300
 DEMO_CAS_EPOCHS ?= 30
 
-.PHONY: install test lint demo ucr-data benchmark clean
+.PHONY: install test lint demo ucr-data clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

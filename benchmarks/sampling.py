@@ -1,24 +1,19 @@
-"""Generation benchmark: MaskGIT decoding + tokenizer decoder at the default SPEC config.
-
-    python benchmarks/sampling.py [--methods=vibcreg,none] [--dataset=GunPoint]
-        [--batch_size=128] [--steps=1] [--repeats=10] [--output=sampling.json]
+"""Generation rows (MaskGIT decoding + decoder): `python -m benchmarks --rows='sampling_*'`.
 
 Times one call of the library's jitted generator (`generate.make_generator`) that turns
-`--batch_size` class ids into series with `sampling.num_steps` (T = 10) decoding steps:
-class-conditional at guidance scale 1.0 evaluated both ways: "conditional, 2 passes" (null and
-conditional pass per step, as the reference) and "conditional" (what the library runs:
-`generate.guidance_argument` skips the null pass at scale 1, the same logits), and unconditional
-(null class, one pass per step). Lowering and
-compilation are timed separately (`jitted.lower(...).compile()`); the timed calls run the
-compiled executable. Prior and tokenizer are freshly initialised: with a fixed number of
-decoding steps the cost does not depend on the weights.
+class ids into series with `sampling.num_steps` (T = 10) decoding steps, class-conditional,
+either with one prior pass per step (what the library runs at guidance scale 1:
+`generate.guidance_argument` skips the null pass, the logits are the same) or with two
+(classifier-free guidance: null and conditional pass, as the reference does). Prior and
+tokenizer are freshly initialised: with a fixed number of decoding steps the cost does not
+depend on the weights. The stage-1 method is VIbCReg, so the prior is the full-embedding one
+(NC-VQVAE).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import itertools
-import time
 from typing import Any
 
 import common
@@ -26,99 +21,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_vqvae import generate, sharding, stage2
+from ssl_vqvae import generate, sharding, stage2, training
+from ssl_vqvae.vqvae import VQVAE
 
-# PyTorch reference on the same 2-core CPU: seconds for 128 class-conditional samples, T = 10.
-REFERENCE_S = 1.56
-REFERENCE_BATCH = 128
-TARGET_SPEEDUP = 5.0
+METHOD = "vibcreg"
 
 
-def bench_mode(
-    generator: Any, arguments: tuple[Any, ...], keys: list[jax.Array], args: argparse.Namespace
-) -> dict[str, Any]:
-    """Compile time and steady-state timing of `generator(*arguments[:3], key, arguments[3])`."""
-    params, tokenizer_variables, class_ids, scale = arguments
-    start = time.perf_counter()
-    lowered = generator.lower(params, tokenizer_variables, class_ids, keys[0], scale)
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-    cycle = itertools.cycle(keys)
-    series = jnp.zeros(())
-
-    def call() -> jax.Array:
-        nonlocal series
-        series = compiled(params, tokenizer_variables, class_ids, next(cycle), scale)
-        return series
-
-    timing = common.measure(call, args.steps, args.repeats)
-    if not np.all(np.isfinite(np.asarray(series))):
-        raise FloatingPointError("generated series hold NaN or inf")
-    return {**timing, "lower_s": lower_s, "compile_s": lower_s + compile_s}
-
-
-def bench(
-    dataset: Any, method: str, args: argparse.Namespace, mesh: jax.sharding.Mesh
-) -> list[dict[str, Any]]:
-    """Conditional and unconditional generation over a fresh tokenizer/prior pair."""
-    config, tokenizer, tokenizer_variables, prior, _, state = common.fresh_prior(dataset, method)
-    generator = generate.make_generator(prior, tokenizer, stage2.decoding_config(config))
+def case(context: common.Context, num_samples: int, two_passes: bool) -> common.Case:
+    """One `generate()` call for `num_samples` class-conditional series."""
+    dataset, mesh = context.dataset, context.mesh
+    config, tokenizer, tokenizer_variables, prior, _, state = common.fresh_prior(
+        dataset, METHOD, context.config_arg
+    )
+    decoding = stage2.decoding_config(config)
+    generator = generate.make_generator(prior, tokenizer, decoding)
     params = sharding.replicate(state.params, mesh)
     tokenizer_variables = sharding.replicate(tokenizer_variables, mesh)
+    class_ids = (np.arange(num_samples) % dataset.num_classes).astype(np.int32)
+    ids = sharding.shard_batch({"y": class_ids}, mesh)["y"]
+    scale = jnp.float32(config.sampling.guidance_scale) if two_passes else None
     keys = [jax.random.key(i) for i in range(common.NUM_BATCHES)]
-    conditional = np.arange(args.batch_size) % dataset.num_classes
-    modes = {
-        "conditional, 2 passes": (conditional, jnp.float32(config.sampling.guidance_scale)),
-        "conditional": (conditional, generate.guidance_argument(config.sampling.guidance_scale)),
-        "unconditional": (np.full(args.batch_size, prior.num_classes), None),
+    outputs: dict[str, jax.Array] = {}
+
+    def make_call(compiled: Any) -> Any:
+        cycle = itertools.cycle(keys)
+
+        def call() -> jax.Array:
+            outputs["series"] = compiled(params, tokenizer_variables, ids, next(cycle), scale)
+            return outputs["series"]
+
+        return call
+
+    def check() -> None:
+        if not np.all(np.isfinite(np.asarray(outputs["series"]))):
+            raise FloatingPointError("generated series hold NaN or inf")
+
+    tokens = sharding.shard_batch(
+        {"tokens": np.zeros((num_samples, prior.num_tokens), np.int32)}, mesh
+    )["tokens"]
+    decoder = jax.jit(functools.partial(tokenizer.apply, method=VQVAE.decode_tokens))
+    decoder_flops = common.analysed_flops(decoder.lower(tokenizer_variables, tokens).compile())
+
+    def total_flops(compiled: Any) -> float:
+        """Decoder + T decoding steps: XLA counts the decoding loop's body once (the loops that
+        the random-number generator may add inside it do integer work only)."""
+        step_flops = common.analysed_flops(compiled) - decoder_flops
+        return decoder_flops + decoding.num_steps * step_flops
+
+    info = {
+        "dataset": dataset.name,
+        "method": METHOD,
+        "variant": prior.variant,
+        "prior_passes": 2 if two_passes else 1,
+        "decode_steps": decoding.num_steps,
+        "batch": num_samples,
+        "params": training.count_params(state.params),
     }
-    rows = []
-    for mode, (class_ids, scale) in modes.items():
-        ids = sharding.shard_batch({"y": class_ids.astype(np.int32)}, mesh)["y"]
-        timing = bench_mode(generator, (params, tokenizer_variables, ids, scale), keys, args)
-        row = {
-            "dataset": dataset.name,
-            "method": method,
-            "variant": prior.variant,
-            "mode": mode,
-            "guidance": scale is not None,
-            "decode_steps": config.sampling.num_steps,
-            "batch": args.batch_size,
-            **timing,
-            "samples_per_s": 1000 * args.batch_size / timing["ms"],
-            **common.memory(),
-        }
-        reference = (
-            1000 * REFERENCE_S
-            if mode.startswith("conditional") and args.batch_size == REFERENCE_BATCH
-            else None
-        )
-        common.with_reference(row, reference, TARGET_SPEEDUP)
-        rows.append(row)
-        print(f"{dataset.name}/{method}/{mode}: {row['ms']:.1f} ms per call", flush=True)
-    return rows
-
-
-def main() -> None:
-    parser = common.parser(__doc__.splitlines()[0], batch_size=128, steps=1, repeats=10)
-    parser.add_argument("--methods", type=common.ssl_methods, default=["vibcreg", "none"])
-    parser.add_argument("--dataset", default="GunPoint")
-    args = parser.parse_args()
-    notes = [
-        "ms/step = ms per generate() call of --batch_size series (T decoding steps + decoder)",
-        "compile s = lower+compile via jitted.lower(...).compile(); lower_s is in the JSON",
-        "prior and tokenizer freshly initialised (cost is weight-independent at fixed T)",
-    ]
-    dataset = common.load_dataset(args.dataset, args.data_root, notes)
-    rows = []
-    if dataset is not None:
-        mesh = sharding.make_mesh()
-        for method in args.methods:
-            rows.extend(bench(dataset, method, args, mesh))
-    common.report("sampling", args, rows, ("dataset", "method", "mode", "batch"), notes)
-
-
-if __name__ == "__main__":
-    main()
+    return common.Case(
+        info,
+        num_samples,
+        generator,
+        (params, tokenizer_variables, ids, keys[0], scale),
+        make_call,
+        check,
+        total_flops,
+    )

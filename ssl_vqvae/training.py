@@ -116,7 +116,24 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """A train step jitted over a mesh, called as `step(state, batch, rng)`.
+
+    Attributes:
+      jitted: the `jax.jit` function `(state, batch, rng, *frozen) -> (state, metrics)` (for
+        lowering, cost analysis and profiling).
+      frozen: the replicated trailing arguments passed on every call.
+    """
+
+    jitted: Any
+    frozen: tuple[Any, ...]
+
+    def __call__(self, state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> Any:
+        return self.jitted(state, batch, rng, *self.frozen)
+
+
+def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> CompiledStep:
     """Jits a train step data-parallel over `mesh`, donating the incoming state.
 
     Args:
@@ -126,7 +143,7 @@ def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> Callable:
         them out of the compiled program as constants.
 
     Returns:
-      `(state, batch, rng) -> (state, metrics)`.
+      a `CompiledStep`: `(state, batch, rng) -> (state, metrics)`.
     """
     replicated = sharding.replicated(mesh)
     jitted = jax.jit(
@@ -136,8 +153,7 @@ def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> Callable:
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    frozen = sharding.replicate(frozen, mesh)
-    return lambda state, batch, rng: jitted(state, batch, rng, *frozen)
+    return CompiledStep(jitted, tuple(sharding.replicate(frozen, mesh)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,12 @@
+"""`python -m benchmarks`: the whole benchmark suite (see benchmarks/README.md and suite.py)."""
+
+import pathlib
+import sys
+
+# The modules of this folder import each other as top-level modules, as they do when run as
+# scripts (`python benchmarks/suite.py`).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import suite  # noqa: E402
+
+suite.main()
