@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from ssl_vqvae import Experiment, cli, experiment, plots
+from ssl_vqvae import Experiment, cli, layout, plots
 from ssl_vqvae.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -57,11 +57,11 @@ def _class_ids(spec: str, num_classes: int) -> list[int | None]:
 
 def main(argv: list[str]) -> None:
     del argv
-    stage1_config, _ = experiment.check_trained(FLAGS.workdir)
-    class_ids = _class_ids(FLAGS.class_id, experiment.load_dataset(stage1_config).num_classes)
+    stage1_config, _ = layout.check_trained(FLAGS.workdir)
+    class_ids = _class_ids(FLAGS.class_id, layout.load_dataset(stage1_config).num_classes)
     workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()
     output = pathlib.Path(FLAGS.output).expanduser() if FLAGS.output else workdir / "samples"
-    experiment.check_writable(output)
+    layout.check_writable(output)
     loaded = Experiment.load(workdir, require_prior=True)
     output.mkdir(parents=True, exist_ok=True)
     dataset = loaded.dataset

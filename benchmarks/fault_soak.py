@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from ssl_vqvae.checkpoints import Checkpointer
-from ssl_vqvae.metrics import METRICS_FILE, read_metrics
+from ssl_vqvae.metric_log import METRICS_FILE, read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_vqvae import experiment, generate, pipeline, sharding, stage1, stage2
+from ssl_vqvae import generate, layout, pipeline, sharding, stage1, stage2
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.vqvae import VQVAE
 
@@ -53,7 +53,7 @@ class Experiment:
             prior, params, config2, tokenizer, variables, dataset = stage2.restore_prior(
                 stage2_dir, mesh
             )
-            config1 = experiment.read_config(pathlib.Path(config2.stage1_dir))
+            config1 = layout.read_config(pathlib.Path(config2.stage1_dir))
             return cls(
                 workdir, dataset, tokenizer, variables, config1, mesh, prior, params, config2
             )

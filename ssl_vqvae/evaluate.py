@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from ssl_vqvae import cli, experiment, stft
+from ssl_vqvae import cli, layout, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.errors import UserError
 from ssl_vqvae.evaluation import cas, classifier, report
-from ssl_vqvae.evaluation.metrics import frechet_distance, inception_score
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
+from ssl_vqvae.evaluation.scores import frechet_distance, inception_score
 
 EVAL_DIR = "eval"
 MIN_GENERATED = 256  # the reference samples max(N_test, 256) series and scores the first N_test
@@ -157,12 +157,12 @@ def evaluate_experiment(
       codebook usage, settings and per-phase wall times.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
-    stage1_config, _ = experiment.check_trained(workdir)
+    stage1_config, _ = layout.check_trained(workdir)
     out = workdir / EVAL_DIR
     fcn_dir = classifier.fcn_cache_dir(cache_dir, stage1_config.data.dataset, fcn_epochs)
-    experiment.check_writable(out)
+    layout.check_writable(out)
     if not (fcn_dir / classifier.SUMMARY_FILE).is_file():  # a cached FCN is only read
-        experiment.check_writable(fcn_dir)
+        layout.check_writable(fcn_dir)
     progress = _Progress(NUM_PHASES)
     with progress.phase("load experiment"):
         exp = Experiment.load(workdir, require_prior=True)

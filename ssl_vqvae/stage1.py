@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssl_vqvae import augment, experiment, pipeline, plots, sharding, ssl, training, validation
+from ssl_vqvae import augment, layout, pipeline, plots, sharding, ssl, training, validation
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS, VQVAE
@@ -276,26 +276,24 @@ def train_and_evaluate(
 
     Bad config values, data files and workdirs fail with a `UserError` before anything is
     compiled or written; `overwrite` moves an existing `stage1/` aside first (see
-    `experiment.check_run_dir`).
+    `layout.check_run_dir`).
     """
     validation.validate_stage1(config)
-    run = experiment.check_run_dir(workdir, STAGE, config, overwrite)
-    dataset = experiment.load_dataset(config)
+    run = layout.check_run_dir(workdir, STAGE, config, overwrite)
+    dataset = layout.load_dataset(config)
     validation.check_series_length(config.model, dataset.name, dataset.length)
     run_dir = run.run_dir
     mesh = sharding.make_mesh()
-    batch_size, eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)
+    batch_size, eval_batch_size = layout.batch_sizes(config, dataset, mesh.size)
     augmentations = (
         ()
         if config.ssl.method == "none"
         else augment.resolve_augmentations(config.ssl.augmentations)
     )
     batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed, augmentations)
-    schedule = experiment.Schedule(
-        config.train, batches.steps_per_epoch, config.optim.learning_rate
-    )
-    experiment.set_resolved(config, run_id=experiment.begin_run(run, STAGE))
-    experiment.write_config(config, run_dir)
+    schedule = layout.Schedule(config.train, batches.steps_per_epoch, config.optim.learning_rate)
+    layout.set_resolved(config, run_id=layout.begin_run(run, STAGE))
+    layout.write_config(config, run_dir)
 
     model = build_model(config, dataset.length, dataset.channels)
     optimizer = training.make_optimizer(schedule.learning_rate, config.optim.weight_decay)
@@ -339,8 +337,8 @@ def restore_tokenizer(
     stage1_dir: pathlib.Path, mesh: jax.sharding.Mesh
 ) -> tuple[VQVAE, dict[str, Any], ml_collections.ConfigDict, UCRDataset]:
     """Loads a trained tokenizer: (model, variables for `model.apply`, its config, its data)."""
-    config = experiment.read_config(stage1_dir)
-    dataset = experiment.load_dataset(config)
+    config = layout.read_config(stage1_dir)
+    dataset = layout.load_dataset(config)
     model = build_model(config, dataset.length, dataset.channels)
     optimizer = training.make_optimizer(
         optax.constant_schedule(config.optim.learning_rate), config.optim.weight_decay

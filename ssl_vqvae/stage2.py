@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 
 from ssl_vqvae import (
     config_lib,
-    experiment,
     generate,
+    layout,
     pipeline,
     plots,
     sampling,
@@ -164,7 +164,7 @@ def init_state(
 
 def resolve_stage1_dir(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
     """The tokenizer's folder: `config.stage1_workdir` if set, else this experiment's."""
-    return experiment.stage_dir(config.stage1_workdir or workdir, stage1.STAGE)
+    return layout.stage_dir(config.stage1_workdir or workdir, stage1.STAGE)
 
 
 class Stage2Evaluator:
@@ -284,15 +284,15 @@ def train_and_evaluate(
 
     Bad config values, a missing stage 1 and a stage-2 folder of another run (or of another
     stage-1 run) fail with a `UserError` before anything is compiled or written; `overwrite`
-    moves an existing `stage2/` aside first (see `experiment.check_run_dir`).
+    moves an existing `stage2/` aside first (see `layout.check_run_dir`).
     """
     validation.validate_stage2(config)
-    run = experiment.check_run_dir(workdir, STAGE, config, overwrite)
+    run = layout.check_run_dir(workdir, STAGE, config, overwrite)
     run_dir = run.run_dir
     stage1_dir = resolve_stage1_dir(config, workdir)
-    stage1_config = experiment.read_config(stage1_dir)
+    stage1_config = layout.read_config(stage1_dir)
     if run.stored is not None:
-        experiment.check_lineage(
+        layout.check_lineage(
             run.stored,
             stage1_config,
             run_dir,
@@ -307,21 +307,19 @@ def train_and_evaluate(
     prior = build_prior(config, tokenizer, dataset.num_classes, variant)
 
     batch_size = pipeline.global_batch_size(config.data.batch_size, len(dataset.train), mesh.size)
-    eval_batch_size = experiment.batch_sizes(config, dataset, mesh.size)[1]
+    eval_batch_size = layout.batch_sizes(config, dataset, mesh.size)[1]
     batches = pipeline.BatchIterator(dataset.train, batch_size, config.seed)
-    schedule = experiment.Schedule(
-        config.train, batches.steps_per_epoch, config.optim.learning_rate
-    )
+    schedule = layout.Schedule(config.train, batches.steps_per_epoch, config.optim.learning_rate)
     usage = code_usage(tokenizer, tokenizer_variables, dataset.train, eval_batch_size, mesh)
-    experiment.set_resolved(
+    layout.set_resolved(
         config,
-        run_id=experiment.begin_run(run, STAGE),
+        run_id=layout.begin_run(run, STAGE),
         resolved_variant=variant,
         stage1_dir=str(stage1_dir),
         stage1_run_id=stage1_config.get("run_id"),
         code_usage=usage.tolist(),  # nearest-code histogram of the train split
     )
-    experiment.write_config(config, run_dir)
+    layout.write_config(config, run_dir)
 
     optimizer = training.make_optimizer(schedule.learning_rate, config.optim.weight_decay)
     codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
@@ -363,7 +361,7 @@ def restore_prior(
 ) -> tuple[MaskGITTransformer, Any, ml_collections.ConfigDict, VQVAE, Any, UCRDataset]:
     """Loads a trained experiment: (prior, prior params, stage-2 config, tokenizer, its
     variables, dataset)."""
-    config = experiment.read_config(stage2_dir)
+    config = layout.read_config(stage2_dir)
     tokenizer, tokenizer_variables, _, dataset = stage1.restore_tokenizer(
         pathlib.Path(config.stage1_dir), mesh
     )

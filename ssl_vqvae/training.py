@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ssl_vqvae import sharding
 from ssl_vqvae.checkpoints import Checkpointer
-from ssl_vqvae.metrics import MetricWriter, check_finite
+from ssl_vqvae.metric_log import MetricWriter, check_finite
 from ssl_vqvae.pipeline import BatchIterator
 
 Metrics = dict[str, jax.Array]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from ssl_vqvae import config_lib, experiment, validation
+from ssl_vqvae import config_lib, layout, validation
 
 ROOT = pathlib.Path(__file__).parent.parent
 STAGE1 = ("train.py", "--config=configs/stage1_vibcreg.py:tiny", "--workdir={workdir}")
@@ -609,7 +609,7 @@ def test_shipped_stage2_configs_pass_and_every_field_has_a_rule(arg):
 def test_mutable_fields_exist():
     fields = set(config_lib.flatten(config_lib.stage1("vibcreg")))
     fields |= set(config_lib.flatten(config_lib.stage2()))
-    assert experiment.MUTABLE_FIELDS <= fields and experiment.BUDGET_FIELDS <= fields
+    assert layout.MUTABLE_FIELDS <= fields and layout.BUDGET_FIELDS <= fields
 
 
 def _copy(tiny_experiment, tmp_path):
@@ -623,14 +623,14 @@ def test_guard_accepts_and_records_interval_and_budget_changes(tiny_experiment, 
     stored = json.loads((workdir / "stage1" / "config.json").read_text())
     config = config_lib.stage1("vibcreg", "tiny")
     config.train.log_every = 2
-    check = experiment.check_run_dir(workdir, "stage1", config, overwrite=False)
+    check = layout.check_run_dir(workdir, "stage1", config, overwrite=False)
     assert check.changes == {"train.log_every": (4, 2)}
-    assert experiment.begin_run(check, "stage1") == stored["run_id"]  # same weights lineage
+    assert layout.begin_run(check, "stage1") == stored["run_id"]  # same weights lineage
     config.train.num_steps = 12
-    check = experiment.check_run_dir(workdir, "stage1", config, overwrite=False)
+    check = layout.check_run_dir(workdir, "stage1", config, overwrite=False)
     assert check.changes == {"train.log_every": (4, 2), "train.num_steps": (8, 12)}
-    assert experiment.begin_run(check, "stage1") != stored["run_id"]  # trained further
-    history = (workdir / "stage1" / experiment.HISTORY_FILE).read_text().splitlines()
+    assert layout.begin_run(check, "stage1") != stored["run_id"]  # trained further
+    history = (workdir / "stage1" / layout.HISTORY_FILE).read_text().splitlines()
     assert [json.loads(line)["changes"] for line in history] == [
         {"train.log_every": [4, 2]},
         {"train.log_every": [4, 2], "train.num_steps": [8, 12]},
@@ -641,8 +641,8 @@ def test_guard_accepts_and_records_interval_and_budget_changes(tiny_experiment, 
 def test_guard_ignores_resolved_stage2_values(tiny_experiment, tmp_path):
     workdir = _copy(tiny_experiment, tmp_path)
     stored = json.loads((workdir / "stage2" / "config.json").read_text())
-    assert experiment.RESOLVED_FIELDS <= set(stored)
-    check = experiment.check_run_dir(workdir, "stage2", config_lib.stage2("tiny"), overwrite=False)
+    assert layout.RESOLVED_FIELDS <= set(stored)
+    check = layout.check_run_dir(workdir, "stage2", config_lib.stage2("tiny"), overwrite=False)
     assert check.changes == {} and check.stored == stored
 
 
@@ -650,9 +650,9 @@ def test_overwrite_moves_the_stage_aside_and_keeps_it(tiny_experiment, tmp_path)
     workdir = _copy(tiny_experiment, tmp_path)
     before = _snapshot(workdir / "stage1")
     config = config_lib.stage1("barlowtwins", "tiny")
-    check = experiment.check_run_dir(workdir, "stage1", config, overwrite=True)
+    check = layout.check_run_dir(workdir, "stage1", config, overwrite=True)
     assert _snapshot(workdir / "stage1") == before  # checking writes nothing
-    run_id = experiment.begin_run(check, "stage1")
+    run_id = layout.begin_run(check, "stage1")
     (moved,) = workdir.glob("stage1.old-*")
     assert _snapshot(moved) == before and not (workdir / "stage1").exists()
     assert run_id != json.loads((moved / "config.json").read_text())["run_id"]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_vqvae import metrics, sharding
+from ssl_vqvae import metric_log, sharding
 from ssl_vqvae.evaluation import cas, classifier
 
 # ----------------------------------------------------------------------------- class counts
@@ -113,7 +113,7 @@ def trained(tmp_path_factory):
 
 def test_logged_val_acc_ema_follows_the_recurrence(trained):
     run, _, _, workdir = trained
-    evals = [r for r in metrics.read_metrics(workdir) if classifier.EMA_METRIC in r]
+    evals = [r for r in metric_log.read_metrics(workdir) if classifier.EMA_METRIC in r]
     assert [r["step"] for r in evals] == [1, 2, 3]  # 16 series, batch 16: one step per epoch
     # 12 test series fit in one validation batch, so each validation adds one accuracy.
     ema = 0.0

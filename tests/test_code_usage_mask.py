@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae import Experiment, config_lib, experiment, generate, stage2
+from ssl_vqvae import Experiment, config_lib, generate, layout, stage2
 from ssl_vqvae.sampling import iterative_decode
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -99,7 +99,7 @@ def one_code(tiny_experiment, tmp_path_factory):
     code = int(np.argmax(record["code_usage"]))
     record["code_usage"] = [int(k == code) for k in range(len(record["code_usage"]))]
     path.write_text(json.dumps(record))
-    assert experiment.read_config(workdir / "stage2").code_usage[code] == 1
+    assert layout.read_config(workdir / "stage2").code_usage[code] == 1
     return workdir, code
 
 

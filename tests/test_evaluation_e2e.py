@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from ssl_vqvae import Experiment, load_ucr, metrics
+from ssl_vqvae import Experiment, load_ucr, metric_log
 from ssl_vqvae.evaluate import evaluate_experiment, linear_probes, stft_round_trip
 from ssl_vqvae.evaluation import classifier, report
 
@@ -136,7 +136,7 @@ def test_probe_runs_in_eval_mode_and_leaves_the_tokenizer_unchanged(tiny_experim
     chex.assert_trees_all_equal(jax.tree.map(np.array, exp.tokenizer_variables), before)
     # Stage 1 ran the same eval-mode probe on its final state.
     final = [
-        r for r in metrics.read_metrics(tiny_experiment / "stage1") if "eval/svm_accuracy" in r
+        r for r in metric_log.read_metrics(tiny_experiment / "stage1") if "eval/svm_accuracy" in r
     ]
     assert accuracies["svm_accuracy"] == final[-1]["eval/svm_accuracy"]
     assert accuracies["knn_accuracy"] == final[-1]["eval/knn_accuracy"]

@@ -25,7 +25,7 @@ from ssl_vqvae import sharding, training
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.data import Split
 from ssl_vqvae.errors import UserError
-from ssl_vqvae.metrics import MetricWriter, read_metrics
+from ssl_vqvae.metric_log import MetricWriter, read_metrics
 from ssl_vqvae.pipeline import BatchIterator
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -328,7 +328,7 @@ def test_interrupted_trainer_ends_as_the_uninterrupted_one(soaked, trainer):
 def test_divergence_is_a_one_line_user_error_naming_the_steps():
     """A NaN metric stops the run with a message the CLI prints as one line, not a traceback."""
     from ssl_vqvae.errors import UserError
-    from ssl_vqvae.metrics import check_finite
+    from ssl_vqvae.metric_log import check_finite
 
     check_finite({"loss": 1.0}, 1, 50)
     with pytest.raises(UserError, match=r"non-finite metrics .*'loss'.* steps 51 and 100") as info:

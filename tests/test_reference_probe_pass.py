@@ -11,7 +11,7 @@ import pytest
 
 from ssl_vqvae import config_lib, sharding, stage1, training
 from ssl_vqvae.data import Split
-from ssl_vqvae.metrics import read_metrics
+from ssl_vqvae.metric_log import read_metrics
 from ssl_vqvae.pipeline import BatchIterator
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS
 

@@ -188,7 +188,7 @@ def test_end_to_end_artifacts(tiny_experiment):
 
 
 def _metrics(run):
-    from ssl_vqvae.metrics import read_metrics
+    from ssl_vqvae.metric_log import read_metrics
 
     return read_metrics(run)
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from ssl_vqvae import Experiment, config_lib, experiment, stage2
-from ssl_vqvae.metrics import read_metrics
+from ssl_vqvae import Experiment, config_lib, layout, stage2
+from ssl_vqvae.metric_log import read_metrics
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -21,7 +21,7 @@ def loaded(tiny_experiment):
 
 def test_stage2_artifacts_and_variant(tiny_experiment):
     run = tiny_experiment / "stage2"
-    config = experiment.read_config(run)
+    config = layout.read_config(run)
     assert config.resolved_variant == "full_embedding"  # ssl.method=vibcreg (SPEC §4.3)
     assert (run / "checkpoints" / "8").is_dir() and list((run / "plots").glob("samples_*.png"))
     evals = [r for r in read_metrics(run) if "eval/loss" in r]

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 import scipy.special
 
-from ssl_vqvae import metrics, pipeline, sharding, stage1, training
+from ssl_vqvae import metric_log, pipeline, sharding, stage1, training
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.evaluation.fcn import FCN
 
@@ -220,7 +220,7 @@ class _Validator:
         count.
         """
         path = self.workdir / "metrics.jsonl"
-        records = metrics.read_metrics(self.workdir) if path.is_file() else []
+        records = metric_log.read_metrics(self.workdir) if path.is_file() else []
         logged = [(r["step"], r[EMA_METRIC]) for r in records if EMA_METRIC in r]
         earlier = [(step, value) for step, value in logged if step <= upto]
         # A stable sort keeps file order among repeated steps: the last record is the newest.
