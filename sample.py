@@ -16,7 +16,8 @@ import numpy as np
 from absl import flags
 
 from ssl_vqvae import Experiment, cli, layout, plots
-from ssl_vqvae.errors import UserError
+from ssl_vqvae.data import Split
+from ssl_vqvae.errors import MissingInputError, UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
@@ -55,16 +56,25 @@ def _class_ids(spec: str, num_classes: int) -> list[int | None]:
     return [int(spec)]
 
 
+def _real_test_split(loaded: Experiment) -> Split | None:
+    """The real test series to plot beside the samples, if the dataset can be read here."""
+    try:
+        return loaded.dataset.test
+    except MissingInputError as error:
+        print(f"plotting samples only: {error}")
+        return None
+
+
 def main(argv: list[str]) -> None:
     del argv
-    stage1_config, _ = layout.check_trained(FLAGS.workdir)
-    class_ids = _class_ids(FLAGS.class_id, layout.load_dataset(stage1_config).num_classes)
+    layout.check_trained(FLAGS.workdir)
     workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()
     output = pathlib.Path(FLAGS.output).expanduser() if FLAGS.output else workdir / "samples"
     layout.check_writable(output)
     loaded = Experiment.load(workdir, require_prior=True)
+    data = loaded.data
+    class_ids = _class_ids(FLAGS.class_id, data.num_classes)
     output.mkdir(parents=True, exist_ok=True)
-    dataset = loaded.dataset
     series, labels = [], []
     for class_id in class_ids:
         samples, ids = loaded.sample(
@@ -80,14 +90,14 @@ def main(argv: list[str]) -> None:
         labels.append(ids)
     series, labels = np.concatenate(series), np.concatenate(labels)
     np.savez(output / "samples.npz", samples=series, labels=labels)
-    real = dataset.unscale(dataset.test.x)
+    test = _real_test_split(loaded)
     rows = []
     for label in np.unique(labels)[:6]:
-        name = "uncond." if label == dataset.num_classes else f"class {label}"
-        if label < dataset.num_classes:
-            rows.append((f"real {name}", real[dataset.test.y == label]))
+        name = "uncond." if label == data.num_classes else f"class {label}"
+        if label < data.num_classes and test is not None:
+            rows.append((f"real {name}", data.unscale(test.x[test.y == label])))
         rows.append((f"generated {name}", series[labels == label]))
-    plots.plot_series_rows(output / "samples.png", rows, title=f"{dataset.name} samples")
+    plots.plot_series_rows(output / "samples.png", rows, title=f"{data.name} samples")
     print(f"wrote {len(series)} samples to {output / 'samples.npz'} and {output / 'samples.png'}")
 
 

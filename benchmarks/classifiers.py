@@ -1,7 +1,7 @@
 """FCN train-step rows (`fcn`, `cas`): the evaluation classifier of SPEC §5.1 and §5.3.
 
-Both train `evaluation.classifier`'s FCN with its own step (`classifier.make_train_step`,
-`classifier.init_state`, `training.compile_step`); they differ in their data as
+Both train `evaluation.classifier`'s FCN with its own step (`classifier.make_loss_fn` through
+`train_state.make_train_step` and `compile_step`); they differ in their data as
 `classifier.fit_classifier` sees it:
 
 * `fcn`: the FID/IS feature extractor, trained on the real train split, whose global batch is
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import common
 import jax
-import jax.numpy as jnp
 
-from ssl_vqvae import data, pipeline, sharding, training
+from ssl_vqvae import data, pipeline, sharding, train_state
 from ssl_vqvae.evaluation import cas, classifier
 from ssl_vqvae.evaluation.fcn import FCN
 
@@ -38,9 +37,10 @@ def _case(context: common.Context, split: data.Split, num_examples: int, row: st
     batches = [sharding.shard_batch(batch, mesh) for batch in host_batches]
     optimizer = common.optimizer()
     rng = jax.random.key(SEED)
-    example = jnp.asarray(split.x[:batch_size])
-    state = sharding.replicate(classifier.init_state(model, optimizer, example, rng), mesh)
-    step = training.compile_step(classifier.make_train_step(model, optimizer), mesh)
+    state = sharding.replicate(common.init_state(model, optimizer, split.x[:batch_size]), mesh)
+    step = train_state.compile_step(
+        train_state.make_train_step(classifier.make_loss_fn(model), optimizer), mesh
+    )
     info = {"dataset": dataset.name, "length": int(split.x.shape[1]), "data": row}
     return common.train_case(step, state, batches, rng, info)
 

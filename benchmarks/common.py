@@ -34,11 +34,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import jaxlib
-import ml_collections
 import numpy as np
 import optax
 
-from ssl_vqvae import augment, config_lib, data, stage1, stage2, training
+from ssl_vqvae import augment, config_lib, data, stage1, stage2, train_state, validation
 from ssl_vqvae.transformer import MaskGITTransformer
 from ssl_vqvae.vqvae import VQVAE
 
@@ -163,55 +162,61 @@ def sample_batches(
 
 def optimizer() -> optax.GradientTransformation:
     """AdamW under a cosine schedule, as every trainer of the library builds it."""
-    optim = config_lib.stage1("none").optim
-    schedule = training.reference_cosine_schedule(optim.learning_rate, SCHEDULE_UPDATES, 1)
-    return training.make_optimizer(schedule, optim.weight_decay)
+    optim = config_lib.load_config_file("stage1_vqvae").optim
+    schedule = train_state.reference_cosine_schedule(optim.learning_rate, SCHEDULE_UPDATES, 1)
+    return train_state.make_optimizer(schedule, optim.weight_decay)
 
 
 def fresh_tokenizer(
     dataset: data.UCRDataset, method: str, config_arg: str | None
 ) -> tuple[VQVAE, dict[str, Any]]:
     """A freshly initialised stage-1 model and its variables (for `model.apply`)."""
-    config = config_lib.stage1(method, config_arg)
-    model = stage1.build_model(config, dataset.length, dataset.channels)
-    example = jnp.asarray(dataset.train.x[:1])
-    state = stage1.init_state(model, optimizer(), example, jax.random.key(0))
-    return model, {"params": state.params, **state.variables}
+    config = config_lib.load_config_file(f"{config_lib.STAGE1_CONFIGS[method]}:{config_arg or ''}")
+    model = stage1.build_model(validation.validate(config), dataset.length, dataset.channels)
+    return model, init_state(model, optimizer(), dataset.train.x[:1]).model_variables()
+
+
+def init_state(
+    model: Any, optimizer: optax.GradientTransformation, example: np.ndarray
+) -> train_state.TrainState:
+    """The trainers' fresh state of `model` for inputs shaped like `example`."""
+    spec = jax.ShapeDtypeStruct(example.shape, jnp.float32)
+    return train_state.module_init(model, optimizer, spec, train=False)(jax.random.key(0))
 
 
 def fresh_prior(
     dataset: data.UCRDataset, method: str, config_arg: str | None
-) -> tuple[ml_collections.ConfigDict, VQVAE, dict[str, Any], MaskGITTransformer, str, Any]:
+) -> tuple[Any, VQVAE, dict[str, Any], MaskGITTransformer, str, Any]:
     """The stage-2 setup over a fresh tokenizer trained with ssl.method=`method`.
 
     The cost of a step or of a fixed number of decoding steps does not depend on the weights.
-    Returns (stage-2 config, tokenizer, its variables, prior, masking convention, train state).
+    Returns (stage-2 settings, tokenizer, its variables, prior, masking convention, train state).
     """
-    config = config_lib.stage2(config_arg)
+    config = validation.validate(config_lib.load_config_file(f"stage2_maskgit:{config_arg or ''}"))
     tokenizer, tokenizer_variables = fresh_tokenizer(dataset, method, config_arg)
-    variant = stage2.resolve_variant(config, method)
+    variant = stage2.resolve_variant(config.prior, method)
     convention = stage2.masking_convention(config.prior.masking, variant)
-    prior = stage2.build_prior(config, tokenizer, dataset.num_classes, variant)
+    prior = stage2.build_prior(config.prior, tokenizer, dataset.num_classes, variant)
     codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
-    state = stage2.init_state(prior, optimizer(), codebook, jax.random.key(0))
+    state = stage2.init_prior(prior, optimizer())(jax.random.key(0), codebook)
     return config, tokenizer, tokenizer_variables, prior, convention, state
 
 
 def unwrap_step(step: Callable) -> tuple[Any, tuple[Any, ...]]:
-    """The jitted function and the frozen arguments behind a `training.compile_step` result."""
-    if not isinstance(step, training.CompiledStep):
-        raise TypeError("expected the function returned by training.compile_step")
+    """The jitted function and the frozen arguments behind a `train_state.compile_step` result."""
+    if not isinstance(step, train_state.CompiledStep):
+        raise TypeError("expected the function returned by train_state.compile_step")
     return step.jitted, step.frozen
 
 
 def train_case(
     step: Callable,
-    state: training.TrainState,
+    state: train_state.TrainState,
     batches: Sequence[dict[str, jax.Array]],
     rng: jax.Array,
     info: dict[str, Any],
 ) -> Case:
-    """A row timing a `training.compile_step` update `(state, batch, rng) -> (state, metrics)`.
+    """A row timing a `train_state.compile_step` update `(state, batch, rng) -> (state, metrics)`.
 
     Each call donates the previous state and takes the next of `batches`; `check` requires a
     finite loss after the last call.
@@ -236,7 +241,7 @@ def train_case(
             raise FloatingPointError(f"{info}: loss is {loss} after the benchmark")
 
     samples = int(batches[0]["x"].shape[0])
-    info = {**info, "batch": samples, "params": training.count_params(state.params)}
+    info = {**info, "batch": samples, "params": train_state.count_params(state.params)}
     return Case(info, samples, jitted, (state, batches[0], rng, *frozen), make_call, check)
 
 

@@ -37,7 +37,7 @@ from concurrent import futures
 import jax
 import numpy as np
 
-from ssl_vqvae.checkpoints import Checkpointer
+from ssl_vqvae.checkpoints import ARRAY_ITEMS, Checkpointer
 from ssl_vqvae.metric_log import METRICS_FILE, read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -322,7 +322,8 @@ def compare_runs(reference: pathlib.Path, candidate: pathlib.Path) -> list[str]:
 def _final_state(run_dir: pathlib.Path):
     checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
     try:
-        return checkpointer.read_stored()[0]
+        stored = checkpointer.read_stored()
+        return {name: stored[name] for name in ARRAY_ITEMS}
     finally:
         checkpointer.close()
 

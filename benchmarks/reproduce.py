@@ -30,16 +30,17 @@ from ssl_vqvae import cli, config_lib, stage1, stage2
 from ssl_vqvae.evaluate import evaluate_experiment
 from ssl_vqvae.evaluation import cas, classifier
 
-# variant name -> (ssl.method, ssl.augmentations preset or None for the plain VQ-VAE)
+# variant name -> (stage-1 file in configs/, ssl.augmentations preset or None for the plain VQ-VAE)
 VARIANTS: dict[str, tuple[str, str | None]] = {
-    "vqvae": ("none", None),
-    "barlowtwins-warp": ("barlowtwins", "warp"),
-    "barlowtwins-slice": ("barlowtwins", "slice"),
-    "barlowtwins-gauss": ("barlowtwins", "gauss"),
-    "vibcreg-warp": ("vibcreg", "warp"),
-    "vibcreg-slice": ("vibcreg", "slice"),
-    "vibcreg-gauss": ("vibcreg", "gauss"),
+    "vqvae": ("stage1_vqvae", None),
+    "barlowtwins-warp": ("stage1_barlowtwins", "warp"),
+    "barlowtwins-slice": ("stage1_barlowtwins", "slice"),
+    "barlowtwins-gauss": ("stage1_barlowtwins", "gauss"),
+    "vibcreg-warp": ("stage1_vibcreg", "warp"),
+    "vibcreg-slice": ("stage1_vibcreg", "slice"),
+    "vibcreg-gauss": ("stage1_vibcreg", "gauss"),
 }
+STAGE2_CONFIG = "stage2_maskgit"  # the one stage-2 file in configs/, for every variant
 DEFAULT_SEEDS = (1, 2, 3, 4)
 WALL_TIME_FILE = "wall_time.json"
 REPORT = ("eval", "report.json")
@@ -92,9 +93,10 @@ def variant_configs(
     """(stage-1 config, stage-2 config) of one run."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}; expected one of {list(VARIANTS)}")
-    method, augmentations = VARIANTS[variant]
-    arg = "tiny" if settings.tiny else None
-    config1, config2 = config_lib.stage1(method, arg), config_lib.stage2(arg)
+    stage1_config, augmentations = VARIANTS[variant]
+    arg = ":tiny" if settings.tiny else ""
+    config1 = config_lib.load_config_file(stage1_config + arg)
+    config2 = config_lib.load_config_file(STAGE2_CONFIG + arg)
     config1.data.dataset, config1.data.root = dataset, settings.data_root
     if augmentations is not None:
         config1.ssl.augmentations = augmentations

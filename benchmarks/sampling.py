@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_vqvae import generate, sharding, stage2, training
+from ssl_vqvae import generate, sharding, train_state
+from ssl_vqvae.decoding import decoding_config
 from ssl_vqvae.vqvae import VQVAE
 
 METHOD = "vibcreg"
@@ -33,7 +34,7 @@ def case(context: common.Context, num_samples: int, two_passes: bool) -> common.
     config, tokenizer, tokenizer_variables, prior, _, state = common.fresh_prior(
         dataset, METHOD, context.config_arg
     )
-    decoding = stage2.decoding_config(config)
+    decoding = decoding_config(config.sampling, None)
     generator = generate.make_generator(prior, tokenizer, decoding)
     params = sharding.replicate(state.params, mesh)
     tokenizer_variables = sharding.replicate(tokenizer_variables, mesh)
@@ -75,7 +76,7 @@ def case(context: common.Context, num_samples: int, two_passes: bool) -> common.
         "prior_passes": 2 if two_passes else 1,
         "decode_steps": decoding.num_steps,
         "batch": num_samples,
-        "params": training.count_params(state.params),
+        "params": train_state.count_params(state.params),
     }
     return common.Case(
         info,

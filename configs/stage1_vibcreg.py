@@ -1,7 +1,14 @@
-"""Stage 1 (tokenizer), ssl.method=vibcreg. Append `:tiny` for a seconds-long smoke run."""
+"""Stage 1 with the VIbCReg loss (SPEC §3.5): `stage1_default`, ssl.method=vibcreg."""
 
-from ssl_vqvae import config_lib
+from __future__ import annotations
+
+import ml_collections
+
+from configs import stage1_default
 
 
-def get_config(arg: str | None = None):
-    return config_lib.stage1("vibcreg", arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`stage1_default.get_config(arg)` with ssl.method=vibcreg."""
+    config = stage1_default.get_config(arg)
+    config.ssl.method = "vibcreg"
+    return config

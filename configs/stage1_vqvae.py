@@ -1,7 +1,14 @@
-"""Stage 1 (tokenizer), ssl.method=none. Append `:tiny` for a seconds-long smoke run."""
+"""Stage 1, the plain VQ-VAE baseline (SPEC §2.6): `stage1_default`, ssl.method=none."""
 
-from ssl_vqvae import config_lib
+from __future__ import annotations
+
+import ml_collections
+
+from configs import stage1_default
 
 
-def get_config(arg: str | None = None):
-    return config_lib.stage1("none", arg)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`stage1_default.get_config(arg)` with ssl.method=none."""
+    config = stage1_default.get_config(arg)
+    config.ssl.method = "none"
+    return config

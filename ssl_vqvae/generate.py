@@ -1,6 +1,8 @@
 """Series generation: MaskGIT decoding of token ids, then the frozen tokenizer's decoder.
 
-See SPEC §4.5.
+`generator_for` hands out one cached `Generator` per configuration; it batches requests in a
+few fixed sizes, so a process compiles its sampler once per size, not once per request. See
+SPEC §4.5.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from jax.sharding import Mesh
 from ssl_vqvae import sampling, sharding
 from ssl_vqvae.transformer import MaskGITTransformer
 from ssl_vqvae.vqvae import VQVAE
+
+# Per-device batch sizes a generator compiles for: at most 4 programs per mesh, and steps of 4
+# keep a request above the smallest rung padded by under 4x. 512 per device bounds memory as
+# the former one-device cap of 512 did; 8 keeps single samples (plots, API) cheap.
+BATCH_RUNGS = (8, 32, 128, 512)
+# Distinct (prior, tokenizer, decoding) triples whose compiled samplers stay in memory.
+GENERATOR_CACHE_SIZE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,36 +92,76 @@ def guidance_argument(guidance_scale: float | None) -> jax.Array | None:
     return jnp.float32(guidance_scale)
 
 
-def generation_batch_size(num_samples: int, num_devices: int, largest: int = 512) -> int:
-    """A batch size that is a multiple of the device count and no larger than needed."""
-    size = min(largest, -(-num_samples // num_devices) * num_devices)
-    return max(num_devices, size)
+def bucket_batch_size(
+    num_samples: int, num_devices: int, rungs: tuple[int, ...] = BATCH_RUNGS
+) -> int:
+    """The smallest `rung * num_devices` that holds `num_samples`, else the largest one."""
+    for rung in rungs:
+        if rung * num_devices >= num_samples:
+            return rung * num_devices
+    return rungs[-1] * num_devices
 
 
-def generate_in_batches(
-    generate: Callable[..., jax.Array],
-    prior_params: Any,
-    tokenizer_variables: Any,
-    class_ids: np.ndarray,
-    rng: jax.Array,
-    guidance_scale: float | None,
-    batch_size: int,
-    mesh: Mesh,
-) -> np.ndarray:
-    """Generates one series per entry of `class_ids`, `batch_size` at a time over the mesh.
+class Generator:
+    """One compiled sampler for a (prior, tokenizer, decoding) triple; see `generator_for`.
 
-    The last batch is padded (repeating its final class) so every call has the same shape.
+    Batch layout: `class_ids` is cut into consecutive batches of `bucket_batch_size(n, devices)`
+    rows; batch i uses the key `fold_in(rng, i)` and the last one is padded by repeating its
+    final class id (the padded rows are dropped). A row's sample depends on the batch size
+    (random draws are per batch shape). The former size, min(512, n rounded up to the devices),
+    equals this one, and so gives the same samples, only when that rounding of n is a
+    `rung * devices` <= 512, or when n > 512 on one device.
     """
-    if batch_size % mesh.size:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the {mesh.size} devices")
-    scale = guidance_argument(guidance_scale)
-    outputs = []
-    for index, start in enumerate(range(0, len(class_ids), batch_size)):
-        chunk = class_ids[start : start + batch_size]
-        padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1])])
-        ids = sharding.shard_batch({"y": padded.astype(np.int32)}, mesh)["y"]
-        series = generate(
-            prior_params, tokenizer_variables, ids, jax.random.fold_in(rng, index), scale
-        )
-        outputs.append(np.asarray(series)[: len(chunk)])
-    return np.concatenate(outputs)
+
+    def __init__(
+        self,
+        prior: MaskGITTransformer,
+        tokenizer: VQVAE,
+        decoding: DecodingConfig,
+        rungs: tuple[int, ...] = BATCH_RUNGS,
+    ) -> None:
+        self.decoding, self.rungs = decoding, rungs
+        self.generate = make_generator(prior, tokenizer, decoding)
+
+    def __call__(
+        self,
+        prior_params: Any,
+        tokenizer_variables: Any,
+        class_ids: np.ndarray,
+        rng: jax.Array,
+        guidance_scale: float | None,
+        mesh: Mesh,
+    ) -> np.ndarray:
+        """One series per entry of `class_ids` (int [n], n >= 1), batched over the mesh.
+
+        guidance_scale: classifier-free guidance weight (see `guidance_argument`); None for no
+        guidance. Returns float32 [n, 2*floor(L/2), C].
+        """
+        class_ids = np.asarray(class_ids, np.int32)
+        if class_ids.ndim != 1 or class_ids.size == 0:
+            raise ValueError(f"class_ids: expected a non-empty 1-D array, got {class_ids.shape}")
+        batch_size = bucket_batch_size(len(class_ids), mesh.size, self.rungs)
+        scale = guidance_argument(guidance_scale)
+        outputs = []
+        for index, start in enumerate(range(0, len(class_ids), batch_size)):
+            chunk = class_ids[start : start + batch_size]
+            padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1], np.int32)])
+            ids = sharding.shard_batch({"y": padded}, mesh)["y"]
+            series = self.generate(
+                prior_params, tokenizer_variables, ids, jax.random.fold_in(rng, index), scale
+            )
+            outputs.append(np.asarray(series)[: len(chunk)])
+        return np.concatenate(outputs)
+
+
+@functools.lru_cache(maxsize=GENERATOR_CACHE_SIZE)
+def generator_for(
+    prior: MaskGITTransformer, tokenizer: VQVAE, decoding: DecodingConfig
+) -> Generator:
+    """The shared `Generator` of a configuration, so the API, CAS and the stage-2 evaluator
+    compile one sampler between them.
+
+    Keyed by value: unbound Linen modules are frozen dataclasses that hash and compare by their
+    fields, as `DecodingConfig` does, and the weights are arguments of the call, not of the key.
+    """
+    return Generator(prior, tokenizer, decoding)

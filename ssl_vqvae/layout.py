@@ -1,12 +1,16 @@
 """The on-disk layout of one experiment (one workdir, one folder per stage), and its guard.
 
 ```
-<workdir>/stage1/   config.json, config_history.jsonl, checkpoints/, metrics.jsonl,
-                    tensorboard/, plots/
+<workdir>/stage1/   config.json (the request, as given), resolved.json (values the run
+                    resolved: run id, prior variant, tokenizer location, code usage),
+                    config_history.jsonl, checkpoints/<step>/{model, model_spec, train, record},
+                    metrics.jsonl, tensorboard/, plots/
 <workdir>/stage2/   (same)
 <workdir>/samples/  samples.npz, samples.png
 <workdir>/eval/     report.json, report.md, plots
 ```
+
+Every path inside is relative to the workdir, so an experiment can be moved or copied whole.
 
 A stage folder belongs to one run: `check_run_dir` refuses, before anything is written, a config
 that differs from the stored `config.json` in a field that changes the model, the data or the
@@ -28,10 +32,11 @@ from typing import Any
 
 import ml_collections
 
-from ssl_vqvae import config_lib, data, pipeline, training
+from ssl_vqvae import config_lib, data, pipeline
 from ssl_vqvae.errors import MissingInputError, UserError
 
 CONFIG_FILE = "config.json"
+RESOLVED_FILE = "resolved.json"
 HISTORY_FILE = "config_history.jsonl"
 # Fields that may differ between runs of one stage folder: they decide how long to train and
 # what to log, not what is trained. Every other field is fixed for the folder's lifetime.
@@ -54,10 +59,6 @@ MUTABLE_FIELDS = frozenset(
 )
 # A change of these trains the weights further, so later stages must notice (see `run_id`).
 BUDGET_FIELDS = frozenset({"train.num_steps", "train.num_epochs"})
-# Values a stage adds to its stored config itself: never part of a request.
-RESOLVED_FIELDS = frozenset(
-    {"run_id", "resolved_variant", "stage1_dir", "stage1_run_id", "code_usage"}
-)
 _ABSENT = "(absent)"
 
 
@@ -66,9 +67,33 @@ def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
 
 
 def write_config(config: ml_collections.ConfigDict, directory: pathlib.Path) -> None:
-    """Stores the resolved config so later stages and tools need nothing but the workdir."""
+    """Stores the requested config as given (never mutated: see `write_resolved`)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(config.to_json(indent=2) + "\n")
+
+
+def write_resolved(directory: pathlib.Path, values: dict[str, Any]) -> None:
+    """Stores what a stage resolved itself (run id, prior variant, tokenizer location, ...)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RESOLVED_FILE).write_text(json.dumps(values, indent=2) + "\n")
+
+
+def read_resolved(directory: pathlib.Path) -> dict[str, Any]:
+    """The stage's `resolved.json` ({} for a folder without one)."""
+    path = directory / RESOLVED_FILE
+    return _read_json(path) if path.is_file() else {}
+
+
+def tokenizer_dir(
+    workdir: str | pathlib.Path, stage2_resolved: dict[str, Any], override: str | None = None
+) -> pathlib.Path:
+    """The stage-1 folder a stage-2 run was trained on, resolved now.
+
+    `stage1_workdir` "" (the default) means the experiment's own `stage1/`, so a moved workdir
+    keeps its tokenizer; an explicit one is used as recorded unless `override` replaces it.
+    """
+    recorded = stage2_resolved.get("stage1_workdir", "") if override is None else override
+    return stage_dir(recorded or workdir, "stage1")
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -90,15 +115,11 @@ def read_config(directory: pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_read_json(path))
 
 
-def set_resolved(config: ml_collections.ConfigDict, **values: Any) -> None:
-    """Adds values the stage resolved itself (see RESOLVED_FIELDS) to `config`."""
-    with config.unlocked():
-        for name, value in values.items():
-            setattr(config, name, value)
-
-
-def load_dataset(config: ml_collections.ConfigDict) -> data.UCRDataset:
-    return data.load_ucr(config.data.dataset, config.data.root or None, config.data.variable_length)
+def load_dataset(data_settings: Any) -> data.UCRDataset:
+    """The dataset of a stage-1 `data` section (settings or config)."""
+    return data.load_ucr(
+        data_settings.dataset, data_settings.root or None, data_settings.variable_length
+    )
 
 
 def check_writable(path: pathlib.Path) -> None:
@@ -117,13 +138,12 @@ def _first_existing(path: pathlib.Path) -> pathlib.Path:
 def config_differences(
     stored: dict[str, Any], requested: dict[str, Any]
 ) -> dict[str, tuple[Any, Any]]:
-    """`{field: (stored, requested)}` for every differing field but RESOLVED_FIELDS."""
+    """`{field: (stored, requested)}` for every differing field."""
     old, new = config_lib.flatten(stored), config_lib.flatten(requested)
     return {
         path: (old.get(path, _ABSENT), new.get(path, _ABSENT))
         for path in sorted(old.keys() | new.keys())
-        if path.split(".")[0] not in RESOLVED_FIELDS
-        and old.get(path, _ABSENT) != new.get(path, _ABSENT)
+        if old.get(path, _ABSENT) != new.get(path, _ABSENT)
     }
 
 
@@ -185,8 +205,8 @@ def check_run_dir(
 
 
 def check_lineage(
-    stage2_config: dict[str, Any] | ml_collections.ConfigDict,
-    stage1_config: ml_collections.ConfigDict,
+    stage2_resolved: dict[str, Any],
+    stage1_dir: pathlib.Path,
     stage2_dir: pathlib.Path,
     remedy: str,
 ) -> None:
@@ -196,29 +216,28 @@ def check_lineage(
     so the stage-2 prior no longer matches its tokens. Configs written before run ids existed
     pass.
     """
-    trained_on, current = stage2_config.get("stage1_run_id"), stage1_config.get("run_id")
+    trained_on = stage2_resolved.get("stage1_run_id")
+    current = read_resolved(stage1_dir).get("run_id")
     if trained_on and current and trained_on != current:
         raise UserError(
-            f"{stage2_dir} was trained on stage-1 run {trained_on}, but "
-            f"{stage2_config.get('stage1_dir', 'stage 1')} now holds run {current} (retrained or "
-            f"trained further); {remedy}"
+            f"{stage2_dir} was trained on stage-1 run {trained_on}, but {stage1_dir} now holds "
+            f"run {current} (retrained or trained further); {remedy}"
         )
 
 
 def check_trained(
-    workdir: str | pathlib.Path,
-) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """The (stage-1, stage-2) configs of a trained experiment, for sample.py and evaluate.py.
+    workdir: str | pathlib.Path, stage1_workdir: str | None = None
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """The (stage-1, stage-2) folders of a trained experiment, for sample.py and evaluate.py.
 
     Raises:
       MissingInputError: a stage is missing; the message gives the command to train it.
       UserError: stage 2 was trained on another stage-1 run than the one there now.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
-    stage1_dir, stage2_dir = stage_dir(workdir, "stage1"), stage_dir(workdir, "stage2")
-    stage2_config = read_config(stage2_dir) if (stage2_dir / CONFIG_FILE).is_file() else None
-    if stage2_config is not None:  # stage 2 may use the tokenizer of another workdir
-        stage1_dir = pathlib.Path(stage2_config.get("stage1_dir") or stage1_dir)
+    stage2_dir = stage_dir(workdir, "stage2")
+    stage2_resolved = read_resolved(stage2_dir)
+    stage1_dir = tokenizer_dir(workdir, stage2_resolved, stage1_workdir)
     for stage, folder, config_file in (
         ("stage1", stage1_dir, "configs/stage1_vibcreg.py"),
         ("stage2", stage2_dir, "configs/stage2_maskgit.py"),
@@ -228,14 +247,13 @@ def check_trained(
                 f"{folder} not found: this needs a trained {stage}; run "
                 f"`python train.py --config={config_file} --workdir={workdir}` first"
             )
-    stage1_config = read_config(stage1_dir)
     check_lineage(
-        stage2_config,
-        stage1_config,
+        stage2_resolved,
+        stage1_dir,
         stage2_dir,
         "retrain stage 2 on it: train.py with a stage-2 config and --overwrite",
     )
-    return stage1_config, stage2_config
+    return stage1_dir, stage2_dir
 
 
 def begin_run(check: RunCheck, stage: str) -> str:
@@ -257,8 +275,9 @@ def begin_run(check: RunCheck, stage: str) -> str:
             f"[{stage}] config changes accepted, recorded in {run_dir / HISTORY_FILE}: "
             f"{describe(check.changes)}"
         )
-    if stored and stored.get("run_id") and not BUDGET_FIELDS & check.changes.keys():
-        return stored["run_id"]
+    previous = read_resolved(run_dir).get("run_id") if stored else None
+    if previous and not BUDGET_FIELDS & check.changes.keys():
+        return previous
     return f"{_now()}-{secrets.token_hex(3)}"
 
 
@@ -275,43 +294,7 @@ def _aside_path(run_dir: pathlib.Path) -> pathlib.Path:
     return candidate
 
 
-class Schedule:
-    """Step counts and learning rates derived from epochs for a dataset (SPEC §2.7)."""
-
-    def __init__(
-        self,
-        train_config: ml_collections.ConfigDict,
-        steps_per_epoch: int,
-        peak_learning_rate: float,
-    ):
-        self.steps_per_epoch = steps_per_epoch
-        if train_config.num_steps > 0:
-            self.num_steps = int(train_config.num_steps)
-        else:
-            self.num_steps = int(train_config.num_epochs) * steps_per_epoch
-        self.eval_every = max(1, int(train_config.eval_every_epochs) * steps_per_epoch)
-        self.learning_rate = training.reference_cosine_schedule(
-            peak_learning_rate, self.num_steps, steps_per_epoch
-        )
-
-    def loop_config(
-        self, train_config: ml_collections.ConfigDict, description: str
-    ) -> training.LoopConfig:
-        """How `training.fit` runs a stage under this schedule."""
-        return training.LoopConfig(
-            num_steps=self.num_steps,
-            log_every=train_config.log_every,
-            eval_every=self.eval_every,
-            checkpoint_every=train_config.checkpoint_every,
-            checkpoint_every_minutes=train_config.checkpoint_every_minutes,
-            description=description,
-            learning_rate=self.learning_rate,
-        )
-
-
-def batch_sizes(
-    config: ml_collections.ConfigDict, dataset: data.UCRDataset, num_devices: int
-) -> tuple[int, int]:
-    """(train, eval) global batch sizes that split evenly over the devices."""
-    train = pipeline.global_batch_size(config.data.batch_size, len(dataset.train), num_devices)
-    return train, pipeline.round_to_devices(config.data.eval_batch_size, num_devices)
+def batch_sizes(data_settings: Any, num_train: int, num_devices: int) -> tuple[int, int]:
+    """(train, eval) global batch sizes of a `data` section that split evenly over devices."""
+    train = pipeline.global_batch_size(data_settings.batch_size, num_train, num_devices)
+    return train, pipeline.round_to_devices(data_settings.eval_batch_size, num_devices)

@@ -58,6 +58,10 @@ class BatchIterator:
         self.position = 0
 
     @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self._split) / self._batch_size)
 
@@ -89,17 +93,3 @@ class BatchIterator:
         if self._augmentations:
             batch["x_aug"] = augment.augmented_view(batch["x"], self._augmentations, aug_rng)
         return batch
-
-
-def padded_batches(split: Split, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Walks a split in order with fixed-size batches, padding the last one.
-
-    Yields:
-      (batch, num_valid): the last batch repeats its final series to keep the shape static;
-      only its first `num_valid` rows are real.
-    """
-    for start in range(0, len(split), batch_size):
-        index = np.arange(start, start + batch_size)
-        num_valid = int(min(batch_size, len(split) - start))
-        index = np.minimum(index, len(split) - 1)
-        yield {"x": split.x[index], "y": split.y[index]}, num_valid

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ssl_vqvae import data
+from ssl_vqvae import data, ucr_tsv
 
 ROOT_ENV = "SSL_VQVAE_UCR_ROOT"
 FILE_FORMAT = "array_record"
@@ -103,7 +103,7 @@ class Ucr(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # local files only
         train_path, test_path = data.locate_dataset(self.builder_config.name, self._root)
-        train_labels, _ = data.read_ucr_file(train_path)
+        train_labels, _ = ucr_tsv.read_ucr_file(train_path)
         if not np.all(np.isfinite(train_labels)):
             raise ValueError(f"{train_path}: column 1 (the class label) has a missing value")
         # Sorted numerically, so class id i matches `data.load_ucr` (np.unique of the train labels).
@@ -118,7 +118,7 @@ class Ucr(tfds.core.GeneratorBasedBuilder):
         self, path: pathlib.Path, class_values: np.ndarray
     ) -> Iterator[tuple[int, dict]]:
         """Yields (row index, {"series": float32 [length, 1], "label": class id})."""
-        labels, values = data.read_ucr_file(path)
+        labels, values = ucr_tsv.read_ucr_file(path)
         if not np.all(np.isfinite(labels)):
             raise ValueError(f"{path}: column 1 (the class label) has a missing value")
         unknown = np.setdiff1d(labels, class_values)

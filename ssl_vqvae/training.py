@@ -1,9 +1,9 @@
-"""Training machinery shared by stage 1, stage 2 and the evaluation classifier.
+"""The training loop shared by stage 1, stage 2 and the evaluation classifier.
 
-One pytree (`TrainState`) holds everything that changes during training; a stage supplies a
-pure `train_step(state, batch, rng) -> (state, metrics)` and this module jit-compiles it over
-the mesh (state replicated, batch split along "data", state buffers donated), runs the loop,
-logs, evaluates, checkpoints and resumes.
+A stage supplies a `StateFactory` (how to make a fresh `TrainState`), its `ModelSpec`, a step
+compiled by `train_state.compile_step` and an `Evaluator`; `fit` restores or initialises the
+state, runs the steps, logs, evaluates, checkpoints (the `model` / `train` / `record` items of
+`checkpoints`) and resumes, and stops cleanly on SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,141 +19,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from ssl_vqvae import sharding
+from ssl_vqvae.artifacts import CHECKPOINT_DIR, ModelSpec
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.metric_log import MetricWriter, check_finite
 from ssl_vqvae.pipeline import BatchIterator
-
-Metrics = dict[str, jax.Array]
-StepFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, Metrics]]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes.
-
-    Attributes:
-      step: int32 [] number of optimizer steps taken.
-      params: trainable parameters.
-      opt_state: optimizer state.
-      variables: the model's mutable, non-trainable collections (e.g. `batch_stats`, `vq`).
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    variables: dict[str, Any]
-
-
-def create_train_state(
-    params: Any, variables: Mapping[str, Any], optimizer: optax.GradientTransformation
-) -> TrainState:
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        variables=dict(variables),
-    )
-
-
-def make_optimizer(
-    learning_rate: optax.Schedule, weight_decay: float
-) -> optax.GradientTransformation:
-    """AdamW (default betas and eps, decoupled weight decay) as in every reference trainer.
-
-    Always driven by a schedule (use `optax.constant_schedule` for a fixed rate), so the
-    optimizer state has one structure whatever the rate: checkpoints restore into it.
-    """
-    if not callable(learning_rate):
-        raise TypeError(f"learning_rate must be a schedule, got {learning_rate!r}")
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
-
-
-def reference_cosine_schedule(
-    peak: float, num_updates: int, steps_per_epoch: int
-) -> Callable[[jax.Array | int], jax.Array]:
-    """The reference's cosine-annealed learning rate of each optimiser update (SPEC §2.7).
-
-    The reference steps `CosineAnnealingLR(T_max = epochs * (S + 1), eta_min = 0)` once per batch
-    inside `training_step` (before that batch's optimiser step) and once more at every epoch end,
-    S batches per epoch. Update g (0-based) therefore runs at scheduler step
-    `t = g + 1 + floor(g / S)`, and the last update of the run sits one step before `T_max`, at
-    a rate of ~0. A step budget that is not a whole number of epochs ends with a partial epoch;
-    `T_max = n + ceil(n / S)` keeps the same rule for it.
-
-    Args:
-      peak: the initial learning rate.
-      num_updates: optimiser updates in the whole run (n).
-      steps_per_epoch: S, batches per epoch.
-
-    Returns:
-      `schedule(g) -> lr`, usable by optax (g is the update count) and on the host.
-    """
-    if num_updates < 1 or steps_per_epoch < 1:
-        raise ValueError(
-            f"num_updates={num_updates} and steps_per_epoch={steps_per_epoch} must be >= 1"
-        )
-    t_max = num_updates + -(-num_updates // steps_per_epoch)
-
-    def schedule(update: jax.Array | int) -> jax.Array:
-        update = jnp.asarray(update)
-        t = update + 1 + update // steps_per_epoch
-        return peak * 0.5 * (1.0 + jnp.cos(jnp.pi * t / t_max))
-
-    return schedule
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledStep:
-    """A train step jitted over a mesh, called as `step(state, batch, rng)`.
-
-    Attributes:
-      jitted: the `jax.jit` function `(state, batch, rng, *frozen) -> (state, metrics)` (for
-        lowering, cost analysis and profiling).
-      frozen: the replicated trailing arguments passed on every call.
-    """
-
-    jitted: Any
-    frozen: tuple[Any, ...]
-
-    def __call__(self, state: Any, batch: dict[str, jax.Array], rng: jax.Array) -> Any:
-        return self.jitted(state, batch, rng, *self.frozen)
-
-
-def compile_step(step_fn: Callable, mesh: Mesh, *frozen: Any) -> CompiledStep:
-    """Jits a train step data-parallel over `mesh`, donating the incoming state.
-
-    Args:
-      step_fn: `(state, batch, rng, *frozen) -> (state, metrics)`.
-      frozen: replicated pytrees passed as trailing arguments on every call (e.g. the frozen
-        stage-1 tokenizer in stage 2); passing them as arguments, not closing over them, keeps
-        them out of the compiled program as constants.
-
-    Returns:
-      a `CompiledStep`: `(state, batch, rng) -> (state, metrics)`.
-    """
-    replicated = sharding.replicated(mesh)
-    jitted = jax.jit(
-        step_fn,
-        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated)
-        + (replicated,) * len(frozen),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    return CompiledStep(jitted, tuple(sharding.replicate(frozen, mesh)))
+from ssl_vqvae.train_state import Metrics, StateFactory, TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +49,24 @@ class LoopConfig:
     checkpoint_every_minutes: float = 10.0
     description: str = "train"
     learning_rate: Callable[[int], Any] | None = None  # logged as train/learning_rate
+
+
+class Evaluator:
+    """Base of `fit`'s evaluation callbacks: `evaluator(state, step) -> {name: scalar}`.
+
+    An evaluator that keeps statistics across evaluations (e.g. the CAS accuracy EMA) returns
+    them from `loop_state` and takes them back in `restore_loop_state`; `fit` stores them in
+    each checkpoint's record, so a resumed run continues them exactly.
+    """
+
+    def __call__(self, state: TrainState, step: int) -> Mapping[str, float]:
+        raise NotImplementedError
+
+    def loop_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore_loop_state(self, record: dict[str, Any]) -> None:
+        del record
 
 
 class Interrupted(SystemExit):
@@ -228,13 +123,14 @@ def _resume_hint() -> str:
 def fit(
     *,
     workdir: pathlib.Path,
-    state: TrainState,
+    factory: StateFactory,
+    spec: ModelSpec,
     train_step: Callable,
     batches: BatchIterator,
     mesh: Mesh,
     rng: jax.Array,
     loop: LoopConfig,
-    evaluate: Callable[[TrainState, int], Mapping[str, float]] | None = None,
+    evaluate: Evaluator | Callable[[TrainState, int], Mapping[str, float]] | None = None,
     finalize: Callable[[TrainState], tuple[TrainState, Mapping[str, float]]] | None = None,
 ) -> TrainState:
     """Runs (or resumes) training to `loop.num_steps`.
@@ -248,12 +144,13 @@ def fit(
     Args:
       workdir: this stage's folder; checkpoints go to `workdir/checkpoints`, metrics to
         `workdir/metrics.jsonl` and `workdir/tensorboard`.
-      state: a freshly initialised state; replaced by the latest checkpoint when one exists.
-      train_step: a step compiled by `compile_step`.
+      factory: makes the fresh state; only traced abstractly when a checkpoint is restored.
+      spec: how to rebuild the model, stored with every checkpoint (see `artifacts`).
+      train_step: a step compiled by `train_state.compile_step`.
       batches: the host-side stream; its position is checkpointed with the state.
       rng: base key; the step folds in the step number itself.
       evaluate: called every `loop.eval_every` steps and at the end with (state, step); returns
-        scalars that are logged (and may write plots).
+        scalars that are logged (and may write plots); its loop state is checkpointed.
       finalize: called once after the last step's evaluation, before its checkpoint, with the
         state; returns the state to save and return (e.g. with mutated statistics) and scalars
         logged like the evaluation's. Not called when a resumed run has nothing left to do.
@@ -262,9 +159,9 @@ def fit(
     with (
         _StopSignals() as stop,
         # Closing waits for the last save, also when a second signal arrives meanwhile.
-        contextlib.closing(Checkpointer(workdir / "checkpoints")) as checkpointer,
+        contextlib.closing(Checkpointer(workdir / CHECKPOINT_DIR)) as checkpointer,
     ):
-        state, start, window = _resume(checkpointer, state, batches, mesh, prefix)
+        state, start, window = _resume(checkpointer, factory, batches, evaluate, mesh, prefix)
         if start >= loop.num_steps:
             print(f"{prefix} already trained to step {start}; nothing to do")
         saved_step = start
@@ -327,8 +224,12 @@ def fit(
                     resume_record = {
                         "batches": batches.get_state(),
                         "log_window": _host_floats(window),
+                        "evaluator": (
+                            evaluate.loop_state() if isinstance(evaluate, Evaluator) else {}
+                        ),
                     }
-                    checkpointer.save(done, state, resume_record)
+                    arrays = {"model": state.model_variables(), "train": state.train_only()}
+                    checkpointer.save(done, arrays, spec.to_json(), resume_record)
                     saved_step, last_save_time = done, time.monotonic()
                 if stopping:
                     # Processes that were not signalled themselves stop as if by SIGTERM.
@@ -345,26 +246,37 @@ def fit(
 
 
 def _resume(
-    checkpointer: Checkpointer, state: TrainState, batches: BatchIterator, mesh: Mesh, prefix: str
+    checkpointer: Checkpointer,
+    factory: StateFactory,
+    batches: BatchIterator,
+    evaluate: Any,
+    mesh: Mesh,
+    prefix: str,
 ) -> tuple[TrainState, int, list[Metrics]]:
-    """Restores the newest readable checkpoint (if any) and says so in one line.
+    """Restores the newest readable checkpoint, or initialises, and says which in one line.
+
+    The state is first traced abstractly, so a resumed run allocates only what it restores.
 
     Returns:
       (state placed on the mesh, the step it has taken, the per-step metrics of the steps since
       the last train record).
     """
-    state = sharding.replicate(state, mesh)
+    abstract = factory.abstract()
     restored = checkpointer.restore_newest_intact(
-        state, sharding.replicated(mesh), lambda line: print(f"{prefix} {line}")
+        {"model": abstract.model_variables(), "train": abstract.train_only()},
+        sharding.replicated(mesh),
+        lambda line: print(f"{prefix} {line}"),
     )
     if restored is None:
         print(f"{prefix} started fresh (no checkpoint in {checkpointer.directory})")
-        return state, 0, []
-    step, state, record = restored
+        return factory.initialise(mesh), 0, []
+    step, items = restored
+    record = items["record"]
     batches.set_state(record["batches"])
+    if isinstance(evaluate, Evaluator):
+        evaluate.restore_loop_state(record["evaluator"])
     print(f"{prefix} resumed from step {step} (checkpoint {checkpointer.step_path(step)})")
-    # Checkpoints written before the window was saved resume with an empty one.
-    return state, step, list(record.get("log_window", []))
+    return TrainState.from_items(items["model"], items["train"]), step, list(record["log_window"])
 
 
 def _host_floats(window: list[Metrics]) -> list[dict[str, float]]:
@@ -376,13 +288,3 @@ def _mean_metrics(window: list[Metrics]) -> dict[str, float]:
     """Per-metric mean over steps, in float64, whether the window was restored or not."""
     stacked = _host_floats(window)
     return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
-
-
-def restore_state(workdir: pathlib.Path, abstract_state: Any, mesh: Mesh) -> TrainState:
-    """Restores the latest checkpoint of a finished (or interrupted) stage, read-only."""
-    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
-    try:
-        state, _ = checkpointer.restore(abstract_state, sharding.replicated(mesh))
-    finally:
-        checkpointer.close()
-    return state

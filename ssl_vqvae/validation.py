@@ -1,5 +1,6 @@
-"""Range and choice checks of every config field, run before any data is loaded or compiled.
+"""`validate(config)`: the one boundary from a user's config to typed, frozen `settings`.
 
+It runs before any data is loaded or compiled, and checks the range or choices of every field.
 A value outside its range fails at once, in one line naming the field (`UserError`). Without
 these checks some values fail minutes later deep inside JAX (`train.log_every=0`,
 `model.codebook_size=0`) and others train silently on nonsense (a negative learning rate;
@@ -9,6 +10,7 @@ these checks some values fail minutes later deep inside JAX (`train.log_every=0`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +18,16 @@ from typing import Any
 
 import ml_collections
 
-from ssl_vqvae import augment, config_lib, data, initializers, layers, quantizer, stft
+from ssl_vqvae import (
+    augment,
+    config_lib,
+    initializers,
+    layers,
+    quantizer,
+    series_lengths,
+    settings,
+    stft,
+)
 from ssl_vqvae.errors import UserError, did_you_mean
 
 
@@ -95,7 +106,7 @@ STAGE1_RULES: Mapping[str, Rule] = {
     "seed": SEED,
     "data.dataset": NAME,
     "data.root": TEXT,
-    "data.variable_length": choice(data.VARIABLE_LENGTH_POLICIES),
+    "data.variable_length": choice(series_lengths.VARIABLE_LENGTH_POLICIES),
     **_DATA,
     "model.n_fft": N_FFT,
     "model.hidden_dim": POSITIVE,
@@ -151,49 +162,74 @@ STAGE2_RULES: Mapping[str, Rule] = {
 }
 
 
-def check_fields(config: ml_collections.ConfigDict, rules: Mapping[str, Rule]) -> None:
-    """Raises UserError for the first field of `config` that its rule rejects.
+# Top-level keys that older runs added to their stored config.json (now in resolved.json).
+RESOLVED_KEYS = frozenset(
+    {"run_id", "resolved_variant", "stage1_dir", "stage1_run_id", "code_usage"}
+)
 
-    Fields a rule names but the config lacks are skipped (configs written before they existed).
+# config.stage -> the settings it builds and the rules of their fields.
+STAGES: Mapping[str, tuple[type[settings.StageSettings], Mapping[str, Rule]]] = {
+    cls.stage: (cls, rules)
+    for cls, rules in (
+        (settings.Stage1Settings, STAGE1_RULES),
+        (settings.Stage2Settings, STAGE2_RULES),
+    )
+}
+
+
+def validate(
+    config: ml_collections.ConfigDict | Mapping[str, Any], *, ignore: frozenset[str] = frozenset()
+) -> settings.Stage1Settings | settings.Stage2Settings:
+    """The settings of a whole config (or of its JSON form), after checking every field.
+
+    Dispatches on `config.stage`; refuses unknown and missing fields, then any value its rule
+    rejects, then combinations that must agree, each in one `UserError` line naming the field.
+    `config` is only read: never changed, unlocked or locked.
+
+    `ignore` names top-level keys to drop first, for configs read back from a run folder: the
+    `config.json` of older runs also holds values the stage resolved itself (RESOLVED_KEYS),
+    no part of a request. User configs get no `ignore`: an unknown key there is a typo.
     """
-    leaves = config_lib.flatten(config)
+    tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    tree = {key: value for key, value in tree.items() if key not in ignore}
+    if "stage" not in tree:
+        raise UserError(f"missing config field stage; expected one of {tuple(STAGES)}")
+    _check(tree["stage"], "stage", choice(tuple(STAGES)))
+    settings_class, rules = STAGES[tree["stage"]]
+    result = settings_class.from_dict(tree)
     for path, rule in rules.items():
-        if path in leaves and not rule.accepts(leaves[path]):
-            value = leaves[path]
-            hint = did_you_mean(value, rule.choices) if rule.choices else ""
-            raise UserError(f"config field {path}={value!r}; expected {rule.expected}{hint}")
+        _check(functools.reduce(getattr, path.split("."), result), path, rule)
+    if isinstance(result, settings.Stage1Settings):
+        _check_ssl(result.ssl)
+    return result
 
 
-def validate_stage1(config: ml_collections.ConfigDict) -> None:
-    """Checks every field of a stage-1 config, and the combinations that must agree."""
-    check_fields(config, STAGE1_RULES)
+def _check(value: Any, path: str, rule: Rule) -> None:
+    if not rule.accepts(value):
+        hint = did_you_mean(value, rule.choices) if rule.choices else ""
+        raise UserError(f"config field {path}={value!r}; expected {rule.expected}{hint}")
+
+
+def _check_ssl(ssl: settings.SSLSettings) -> None:
+    """The stage-1 checks that need more than one field, or more than a range."""
     try:
-        augment.resolve_augmentations(config.ssl.augmentations)
+        augment.resolve_augmentations(ssl.augmentations)
     except ValueError as error:
+        raise UserError(f"config field ssl.augmentations={ssl.augmentations!r}: {error}") from None
+    if ssl.method == "vibcreg" and ssl.projector_output_dim % ssl.iternorm_groups:
         raise UserError(
-            f"config field ssl.augmentations={config.ssl.augmentations!r}: {error}"
-        ) from None
-    if config.ssl.method == "vibcreg" and (
-        config.ssl.projector_output_dim % config.ssl.iternorm_groups
-    ):
-        raise UserError(
-            f"config field ssl.projector_output_dim={config.ssl.projector_output_dim} must be "
-            f"divisible by ssl.iternorm_groups={config.ssl.iternorm_groups} (IterNorm groups)"
+            f"config field ssl.projector_output_dim={ssl.projector_output_dim} must be "
+            f"divisible by ssl.iternorm_groups={ssl.iternorm_groups} (IterNorm groups)"
         )
 
 
-def validate_stage2(config: ml_collections.ConfigDict) -> None:
-    """Checks every field of a stage-2 config."""
-    check_fields(config, STAGE2_RULES)
-
-
-def check_series_length(model_config: ml_collections.ConfigDict, name: str, length: int) -> None:
+def check_series_length(model: settings.TokenizerSettings, name: str, length: int) -> None:
     """Rejects series too short for the tokenizer, which would otherwise fail inside the step.
 
     The STFT's reflect padding needs more than `n_fft // 2` samples, and the encoder's halvings
     need at least one latent column.
     """
-    n_fft, width = model_config.n_fft, model_config.downsampled_width
+    n_fft, width = model.n_fft, model.downsampled_width
     if length <= n_fft // 2:
         raise UserError(
             f"dataset {name!r}: series of length {length} are too short for model.n_fft={n_fft}; "

@@ -22,6 +22,6 @@ def tiny_experiment(tmp_path_factory):
     from ssl_vqvae import config_lib, stage1, stage2
 
     workdir = tmp_path_factory.mktemp("tiny_experiment")
-    stage1.train_and_evaluate(config_lib.stage1("vibcreg", "tiny"), str(workdir))
-    stage2.train_and_evaluate(config_lib.stage2("tiny"), str(workdir))
+    stage1.train_and_evaluate(config_lib.load_config_file("stage1_vibcreg:tiny"), str(workdir))
+    stage2.train_and_evaluate(config_lib.load_config_file("stage2_maskgit:tiny"), str(workdir))
     return workdir

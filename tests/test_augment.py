@@ -1,10 +1,10 @@
-"""Tests for ssl_vqvae.augment: each augmentation's defining property, against numpy references."""
+"""Tests for augment, augment_time, augment_values: each defining property, vs numpy references."""
 
 import chex
 import numpy as np
 import pytest
 
-from ssl_vqvae import augment
+from ssl_vqvae import augment, augment_time, augment_values
 
 BATCH, LENGTH, CHANNELS = 16, 50, 3
 
@@ -57,7 +57,7 @@ def test_rejects_non_3d_input(name):
 @pytest.mark.parametrize("new_length", [1, 5, 17, 50])
 def test_linear_resample_matches_np_interp(new_length):
     x = _series(shape=(3, 10, 2))
-    out = augment.linear_resample(x, new_length)
+    out = augment_time.linear_resample(x, new_length)
     chex.assert_shape(out, (3, new_length, 2))
     grid = np.linspace(0, 9, new_length)
     expected = np.stack(
@@ -83,7 +83,7 @@ def test_window_warp_core_matches_per_sample_reference():
     scales = rng.uniform(0.5, 2.5, size=32)
     scales[:3] = [0.03, 0.07, 1.0]  # warped window of 0 points, of 1 point, unchanged
     starts[3:5] = [0, 40 - w]  # window at either end
-    out = augment.apply_window_warp(x, starts, scales, w)
+    out = augment_time.apply_window_warp(x, starts, scales, w)
     expected = np.stack(
         [
             np.stack(
@@ -101,24 +101,24 @@ def test_window_warp_core_matches_per_sample_reference():
 
 def test_window_warp_scale_one_is_identity():
     x = _series()
-    out = augment.window_warp(x, np.random.default_rng(0), scale_range=(1.0, 1.0))
+    out = augment_time.window_warp(x, np.random.default_rng(0), scale_range=(1.0, 1.0))
     np.testing.assert_allclose(out, x, atol=1e-6)
 
 
 def test_window_warp_endpoints_and_constants_preserved():
     x = _series()
-    out = augment.window_warp(x, np.random.default_rng(0))
+    out = augment_time.window_warp(x, np.random.default_rng(0))
     np.testing.assert_array_equal(out[:, 0], x[:, 0])
     np.testing.assert_array_equal(out[:, -1], x[:, -1])
     const = np.full((BATCH, LENGTH, CHANNELS), 2.5, np.float32)
     np.testing.assert_allclose(
-        augment.window_warp(const, np.random.default_rng(0)), const, atol=1e-6
+        augment_time.window_warp(const, np.random.default_rng(0)), const, atol=1e-6
     )
 
 
 def test_amplitude_resize_is_one_scalar_per_sample_with_spec_std():
     x = np.random.default_rng(0).uniform(1.0, 2.0, size=(4096, 8, 2)).astype(np.float32)
-    out = augment.amplitude_resize(x, np.random.default_rng(1))
+    out = augment_values.amplitude_resize(x, np.random.default_rng(1))
     ratio = out / x
     np.testing.assert_allclose(ratio, ratio[:, :1, :1] * np.ones_like(ratio), rtol=1e-5)
     factors = ratio[:, 0, 0] - 1.0
@@ -136,7 +136,7 @@ def test_slice_and_shuffle_is_permutation_of_contiguous_segments():
         ],
         axis=-1,
     )
-    out = augment.slice_and_shuffle(x, np.random.default_rng(0))
+    out = augment_time.slice_and_shuffle(x, np.random.default_rng(0))
     src = out[..., 0].astype(np.int64)
     reordered = 0
     for b in range(batch):
@@ -150,13 +150,13 @@ def test_slice_and_shuffle_is_permutation_of_contiguous_segments():
 
 def test_slice_and_shuffle_preserves_values_exactly():
     x = _series()
-    out = augment.slice_and_shuffle(x, np.random.default_rng(5))
+    out = augment_time.slice_and_shuffle(x, np.random.default_rng(5))
     np.testing.assert_array_equal(np.sort(out, axis=1), np.sort(x, axis=1))
 
 
 def test_gaussian_noise_statistics():
     x = _series(shape=(256, 256, 2))
-    residual = augment.gaussian_noise(x, np.random.default_rng(0)).astype(np.float64) - x
+    residual = augment_values.gaussian_noise(x, np.random.default_rng(0)).astype(np.float64) - x
     np.testing.assert_allclose(residual.std(), 0.05, rtol=0.02)
     np.testing.assert_allclose(residual.mean(), 0.0, atol=1e-3)
 
@@ -166,7 +166,7 @@ def test_gaussian_noise_statistics():
 
 def test_random_crop_of_ramp_is_a_stretched_subramp():
     ramp = np.tile(np.arange(LENGTH, dtype=np.float32)[None, :, None], (BATCH, 1, CHANNELS))
-    out = augment.random_crop(ramp, np.random.default_rng(0), crop_ratio=0.4)
+    out = augment_time.random_crop(ramp, np.random.default_rng(0), crop_ratio=0.4)
     kept = round(0.6 * LENGTH)
     assert np.all(np.diff(out, axis=1) > 0)
     np.testing.assert_allclose(out[:, -1] - out[:, 0], kept - 1, atol=1e-4)
@@ -176,21 +176,21 @@ def test_random_crop_of_ramp_is_a_stretched_subramp():
 
 def test_random_crop_ratio_zero_is_identity():
     x = _series()
-    np.testing.assert_array_equal(augment.random_crop(x, np.random.default_rng(0), 0.0), x)
+    np.testing.assert_array_equal(augment_time.random_crop(x, np.random.default_rng(0), 0.0), x)
 
 
 def test_flip_reverses_time_and_twice_is_identity():
     x = _series()
     rng = np.random.default_rng(0)
-    once = augment.flip(x, rng)
+    once = augment_time.flip(x, rng)
     np.testing.assert_array_equal(once, x[:, ::-1])
-    np.testing.assert_array_equal(augment.flip(once, rng), x)
+    np.testing.assert_array_equal(augment_time.flip(once, rng), x)
 
 
 def test_slope_adds_bounded_linear_trend():
     x = _series(shape=(2048, LENGTH, 2))
     rate = 0.005
-    trend = augment.slope(x, np.random.default_rng(0), rate=rate).astype(np.float64) - x
+    trend = augment_values.slope(x, np.random.default_rng(0), rate=rate).astype(np.float64) - x
     a = trend[:, 1, :1] - trend[:, 0, :1]
     np.testing.assert_allclose(
         trend, a[:, :, None] * np.arange(LENGTH)[None, :, None] * np.ones_like(trend), atol=1e-5
@@ -201,7 +201,7 @@ def test_slope_adds_bounded_linear_trend():
 
 def test_noise_window_only_touches_one_window():
     x = _series(shape=(512, 40, 2))
-    residual = augment.noise_window(x, np.random.default_rng(0)).astype(np.float64) - x
+    residual = augment_values.noise_window(x, np.random.default_rng(0)).astype(np.float64) - x
     touched = np.any(residual != 0, axis=-1)  # [batch, length]
     width = round(0.4 * 40)
     np.testing.assert_array_equal(touched.sum(axis=1), width)
@@ -213,11 +213,11 @@ def test_noise_window_only_touches_one_window():
 
 def test_magnitude_warp_is_a_smooth_multiplier_around_one():
     ones = np.ones((1024, 64, 2), np.float32)
-    curve = augment.magnitude_warp(ones, np.random.default_rng(0))
+    curve = augment_values.magnitude_warp(ones, np.random.default_rng(0))
     np.testing.assert_allclose(curve.mean(), 1.0, atol=0.01)
     # A cubic through 6 knots 12.6 steps apart bends slowly; white noise of std 0.2 would not.
     assert np.abs(np.diff(curve, n=2, axis=1)).max() < 0.05
-    doubled = augment.magnitude_warp(2 * ones, np.random.default_rng(0))
+    doubled = augment_values.magnitude_warp(2 * ones, np.random.default_rng(0))
     np.testing.assert_allclose(doubled, 2 * curve, rtol=1e-6)
 
 
@@ -268,7 +268,7 @@ def test_augment_batch_applies_in_order():
     x = _series()
     out = augment.augment_batch(x, ["window_warp", "amplitude_resize"], np.random.default_rng(7))
     rng = np.random.default_rng(7)
-    expected = augment.amplitude_resize(augment.window_warp(x, rng), rng)
+    expected = augment_values.amplitude_resize(augment_time.window_warp(x, rng), rng)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(augment.augment_batch(x, "warp", np.random.default_rng(7)), out)
 

@@ -94,7 +94,7 @@ def _edit_json(path: pathlib.Path, **values: object) -> None:
 
 def _retrained_stage1(case: pathlib.Path) -> None:
     """Stage 1 as after `train.py --overwrite`: a new run id."""
-    _edit_json(case / "workdir" / "stage1" / "config.json", run_id="another-run")
+    _edit_json(case / "workdir" / "stage1" / "resolved.json", run_id="another-run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,8 +464,6 @@ def _prepare(case: Case, case_dir: pathlib.Path, experiment: pathlib.Path) -> di
     workdir = case_dir / "workdir"
     if case.workdir == "experiment":
         shutil.copytree(experiment, workdir)
-        # The stored stage-1 folder is absolute: make the copy use its own.
-        _edit_json(workdir / "stage2" / "config.json", stage1_dir=str(workdir / "stage1"))
     elif case.workdir == "stage1":
         shutil.copytree(experiment / "stage1", workdir / "stage1")
     elif case.workdir == "file":
@@ -594,21 +592,21 @@ def test_bug_keeps_its_traceback(server, tmp_path):
 @pytest.mark.parametrize("method", config_lib.SSL_METHODS)
 @pytest.mark.parametrize("arg", [None, "tiny"])
 def test_shipped_stage1_configs_pass_and_every_field_has_a_rule(method, arg):
-    config = config_lib.stage1(method, arg)
-    validation.validate_stage1(config)
-    assert set(config_lib.flatten(config)) == set(validation.STAGE1_RULES)
+    config = config_lib.load_config_file(f"{config_lib.STAGE1_CONFIGS[method]}:{arg or ''}")
+    settings = validation.validate(config)
+    assert set(config_lib.flatten(settings.to_dict())) == set(validation.STAGE1_RULES)
 
 
 @pytest.mark.parametrize("arg", [None, "tiny"])
 def test_shipped_stage2_configs_pass_and_every_field_has_a_rule(arg):
-    config = config_lib.stage2(arg)
-    validation.validate_stage2(config)
-    assert set(config_lib.flatten(config)) == set(validation.STAGE2_RULES)
+    config = config_lib.load_config_file(f"stage2_maskgit:{arg or ''}")
+    settings = validation.validate(config)
+    assert set(config_lib.flatten(settings.to_dict())) == set(validation.STAGE2_RULES)
 
 
 def test_mutable_fields_exist():
-    fields = set(config_lib.flatten(config_lib.stage1("vibcreg")))
-    fields |= set(config_lib.flatten(config_lib.stage2()))
+    fields = set(config_lib.flatten(config_lib.load_config_file("stage1_vibcreg")))
+    fields |= set(config_lib.flatten(config_lib.load_config_file("stage2_maskgit")))
     assert layout.MUTABLE_FIELDS <= fields and layout.BUDGET_FIELDS <= fields
 
 
@@ -620,8 +618,8 @@ def _copy(tiny_experiment, tmp_path):
 
 def test_guard_accepts_and_records_interval_and_budget_changes(tiny_experiment, tmp_path, capsys):
     workdir = _copy(tiny_experiment, tmp_path)
-    stored = json.loads((workdir / "stage1" / "config.json").read_text())
-    config = config_lib.stage1("vibcreg", "tiny")
+    stored = layout.read_resolved(workdir / "stage1")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     config.train.log_every = 2
     check = layout.check_run_dir(workdir, "stage1", config, overwrite=False)
     assert check.changes == {"train.log_every": (4, 2)}
@@ -638,21 +636,24 @@ def test_guard_accepts_and_records_interval_and_budget_changes(tiny_experiment, 
     assert "train.num_steps: 8 -> 12" in capsys.readouterr().out
 
 
-def test_guard_ignores_resolved_stage2_values(tiny_experiment, tmp_path):
+def test_guard_accepts_the_same_stage2_request(tiny_experiment, tmp_path):
+    """Resolved values live in resolved.json, so the stored request equals a rerun's."""
     workdir = _copy(tiny_experiment, tmp_path)
     stored = json.loads((workdir / "stage2" / "config.json").read_text())
-    assert layout.RESOLVED_FIELDS <= set(stored)
-    check = layout.check_run_dir(workdir, "stage2", config_lib.stage2("tiny"), overwrite=False)
+    assert not {"run_id", "code_usage", "prior_variant"} & set(stored)
+    check = layout.check_run_dir(
+        workdir, "stage2", config_lib.load_config_file("stage2_maskgit:tiny"), overwrite=False
+    )
     assert check.changes == {} and check.stored == stored
 
 
 def test_overwrite_moves_the_stage_aside_and_keeps_it(tiny_experiment, tmp_path):
     workdir = _copy(tiny_experiment, tmp_path)
     before = _snapshot(workdir / "stage1")
-    config = config_lib.stage1("barlowtwins", "tiny")
+    config = config_lib.load_config_file("stage1_barlowtwins:tiny")
     check = layout.check_run_dir(workdir, "stage1", config, overwrite=True)
     assert _snapshot(workdir / "stage1") == before  # checking writes nothing
     run_id = layout.begin_run(check, "stage1")
     (moved,) = workdir.glob("stage1.old-*")
     assert _snapshot(moved) == before and not (workdir / "stage1").exists()
-    assert run_id != json.loads((moved / "config.json").read_text())["run_id"]
+    assert run_id != layout.read_resolved(moved)["run_id"]

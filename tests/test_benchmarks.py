@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
 
-from ssl_vqvae import sharding, training  # noqa: E402
+from ssl_vqvae import sharding, train_state  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_unwrap_step_returns_the_jitted_step_and_its_frozen_arguments():
         del rng
         return state + extra["scale"] * batch["x"].sum(), {"loss": state}
 
-    jitted, args = common.unwrap_step(training.compile_step(step, mesh, frozen))
+    jitted, args = common.unwrap_step(train_state.compile_step(step, mesh, frozen))
     assert len(args) == 1 and float(args[0]["scale"]) == 3.0
     batch = sharding.shard_batch({"x": np.ones((4,), np.float32)}, mesh)
     state, _ = jitted.lower(jnp.float32(1.0), batch, jax.random.key(0), *args).compile()(

@@ -1,5 +1,6 @@
 """CAS pieces: synthetic class counts, the val_acc_ema statistic and the FCN training loop."""
 
+import dataclasses
 import json
 
 import chex
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from ssl_vqvae import metric_log, sharding
-from ssl_vqvae.evaluation import cas, classifier
+from ssl_vqvae.checkpoints import Checkpointer
+from ssl_vqvae.evaluation import cas, classifier, fcn_cache
+from ssl_vqvae.evaluation.fcn_outputs import fcn_outputs
 
 # ----------------------------------------------------------------------------- class counts
 
@@ -74,16 +77,11 @@ def test_batch_accuracies_weigh_every_batch_equally():
     np.testing.assert_allclose(classifier.batch_accuracies(correct, 3), [2 / 3, 1 / 3, 1.0])
 
 
-def test_logged_ema_resumes_from_the_last_validation_before_a_step(tmp_path):
-    rows = [(2, 0.1), (4, 0.2), (6, 0.3), (4, 0.2), (6, 0.35)]  # 6 logged twice: a resumed run
-    with open(tmp_path / "metrics.jsonl", "w") as handle:
-        for step, value in rows:
-            handle.write(json.dumps({"step": step, classifier.EMA_METRIC: value}) + "\n")
-        handle.write(json.dumps({"step": 7, "train/loss": 1.0}) + "\n")
-    validator = classifier._Validator(None, None, None, 8, None, tmp_path)
-    assert validator.logged_ema(1) == 0.0
-    assert validator.logged_ema(5) == 0.2
-    assert validator.logged_ema(7) == 0.35
+def test_validator_loop_state_round_trips():
+    validator = classifier.Validator(None, None, None, 8, None)
+    assert validator.loop_state() == {"val_acc_ema": 0.0}
+    validator.restore_loop_state({"val_acc_ema": 0.37})
+    assert validator.ema == 0.37 and validator.loop_state() == {"val_acc_ema": 0.37}
 
 
 # ----------------------------------------------------------------------------- training
@@ -122,15 +120,21 @@ def test_logged_val_acc_ema_follows_the_recurrence(trained):
         np.testing.assert_allclose(record[classifier.EMA_METRIC], ema, rtol=1e-12)
     np.testing.assert_allclose(run.val_acc_ema, ema, rtol=1e-12)
     assert run.test_accuracy == evals[-1]["eval/accuracy"]
+    # The EMA travels with each checkpoint, so a resumed run continues it exactly.
+    checkpointer = Checkpointer(workdir / "checkpoints", read_only=True)
+    try:
+        assert checkpointer.read_stored(3)["record"]["evaluator"] == {"val_acc_ema": ema}
+    finally:
+        checkpointer.close()
 
 
 def test_summary_and_outputs(trained):
     run, _, test, workdir = trained
-    summary = json.loads((workdir / classifier.SUMMARY_FILE).read_text())
+    summary = json.loads((workdir / fcn_cache.SUMMARY_FILE).read_text())
     assert summary["num_epochs"] == 3 and summary["num_steps"] == 3
     assert summary["test_accuracy"] == run.test_accuracy
     mesh = sharding.make_mesh()
-    probs, features = classifier.fcn_outputs(run.model, run.variables, test[0], mesh)
+    probs, features = fcn_outputs(run.model, run.variables, test[0], mesh)
     chex.assert_shape(probs, (12, NUM_CLASSES))
     chex.assert_shape(features, (12, 128))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
@@ -171,9 +175,10 @@ def test_cached_synthetic_set_is_keyed_by_the_decoding_settings(tiny_experiment)
     base = cas._generator_key(experiment, counts, seed=0)
     assert cas._generator_key(experiment, counts, seed=0) == base
     assert cas._generator_key(experiment, counts, seed=1) != base
+    settings = experiment.stage2_settings
     for field, value in (("num_steps", 7), ("choice_temperature", 2.0), ("guidance_scale", 2.0)):
-        experiment.stage2_config.unlock()
-        old = experiment.stage2_config.sampling[field]
-        experiment.stage2_config.sampling[field] = value
-        assert cas._generator_key(experiment, counts, seed=0) != base, field
-        experiment.stage2_config.sampling[field] = old
+        sampling = dataclasses.replace(settings.sampling, **{field: value})
+        changed = dataclasses.replace(
+            experiment, stage2_settings=dataclasses.replace(settings, sampling=sampling)
+        )
+        assert cas._generator_key(changed, counts, seed=0) != base, field

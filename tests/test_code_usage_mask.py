@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae import Experiment, config_lib, generate, layout, stage2
+from ssl_vqvae import Experiment, config_lib, generate, layout, validation
+from ssl_vqvae.decoding import decoding_config
 from ssl_vqvae.sampling import iterative_decode
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -66,21 +67,23 @@ def test_allowed_codes_are_validated():
 
 
 def test_decoding_config_reads_usage_and_override():
-    config = config_lib.stage2("tiny")
-    assert not config.sampling.mask_unused_codes
-    assert stage2.decoding_config(config).allowed_codes is None
+    config = config_lib.load_config_file("stage2_maskgit:tiny")
+    sampling = validation.validate(config).sampling
+    assert not sampling.mask_unused_codes
+    assert decoding_config(sampling, None).allowed_codes is None
     with pytest.raises(ValueError, match="retrain stage 2"):
-        stage2.decoding_config(config, mask_unused_codes=True)
-    config.code_usage = [3, 0, 1, 0]
-    assert stage2.decoding_config(config, mask_unused_codes=True).allowed_codes == (0, 2)
+        decoding_config(sampling, None, mask_unused_codes=True)
+    usage = [3, 0, 1, 0]
+    assert decoding_config(sampling, usage, mask_unused_codes=True).allowed_codes == (0, 2)
     config.sampling.mask_unused_codes = True
-    assert stage2.decoding_config(config).allowed_codes == (0, 2)
-    assert stage2.decoding_config(config, mask_unused_codes=False).allowed_codes is None
+    sampling = validation.validate(config).sampling
+    assert decoding_config(sampling, usage).allowed_codes == (0, 2)
+    assert decoding_config(sampling, usage, mask_unused_codes=False).allowed_codes is None
 
 
 def test_stage2_records_nearest_code_usage_of_train_split(tiny_experiment):
     loaded = Experiment.load(tiny_experiment, require_prior=True)
-    usage = np.asarray(loaded.stage2_config.code_usage)
+    usage = np.asarray(loaded.stage2_resolved["code_usage"])
     train = loaded.dataset.train
     tokens = loaded.encode(train.x, scaled=True)
     np.testing.assert_array_equal(
@@ -92,14 +95,14 @@ def test_stage2_records_nearest_code_usage_of_train_split(tiny_experiment):
 @pytest.fixture(scope="module")
 def one_code(tiny_experiment, tmp_path_factory):
     """A copy of the tiny experiment whose recorded usage allows a single code: (workdir, id)."""
-    workdir = tmp_path_factory.mktemp("one_code")
-    shutil.copytree(tiny_experiment / "stage2", workdir / "stage2")
-    path = workdir / "stage2" / "config.json"
+    workdir = tmp_path_factory.mktemp("one_code") / "exp"
+    shutil.copytree(tiny_experiment, workdir)
+    path = workdir / "stage2" / layout.RESOLVED_FILE
     record = json.loads(path.read_text())
     code = int(np.argmax(record["code_usage"]))
     record["code_usage"] = [int(k == code) for k in range(len(record["code_usage"]))]
     path.write_text(json.dumps(record))
-    assert layout.read_config(workdir / "stage2").code_usage[code] == 1
+    assert layout.read_resolved(workdir / "stage2")["code_usage"][code] == 1
     return workdir, code
 
 

@@ -24,7 +24,7 @@ def listen(event, **kwargs):
         events["misses"] += 1
 monitoring.register_event_listener(listen)
 print(json.dumps({"directory": str(compilation_cache.enable())}))
-model = stage1.build_model(config_lib.stage1("none", "tiny"), 64, 1)
+model = stage1.build_model(config_lib.load_config_file("stage1_vqvae:tiny"), 64, 1)
 x = jnp.ones((2, 64, 1))
 variables = jax.jit(lambda key: model.init(key, x, train=False))(jax.random.key(0))
 jax.jit(lambda v: model.apply(v, x, train=False))(variables)

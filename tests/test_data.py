@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_vqvae import data, pipeline, sharding
+from ssl_vqvae import data, inference, pipeline, sharding
 
 
 def _write(path, rows):
@@ -174,7 +174,7 @@ def test_iterator_resume_continues_exactly():
 def test_padded_batches_cover_split_once():
     split = _split(n=10)
     seen = []
-    for batch, num_valid in pipeline.padded_batches(split, 4):
+    for batch, num_valid in inference.padded_batches({"x": split.x, "y": split.y}, 4):
         assert batch["x"].shape == (4, 6, 1)
         seen.extend(batch["y"][:num_valid].tolist())
     assert seen == list(range(10))

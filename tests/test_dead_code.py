@@ -91,7 +91,7 @@ def test_keep_freezes_never_used_and_faded_codes_over_many_steps():
 
 
 def test_config_reaches_the_quantizer_of_the_model():
-    config = config_lib.stage1("none", "tiny")
+    config = config_lib.load_config_file("stage1_vqvae:tiny")
     assert config.model.dead_code == "reference"
     for mode in ("reference", "keep"):
         config.model.dead_code = mode

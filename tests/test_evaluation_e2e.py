@@ -129,11 +129,32 @@ def test_fcn_is_cached_per_dataset(evaluated, cache_dir):
     assert run.test_accuracy == results["fcn_test_accuracy"]
 
 
-def test_probe_runs_in_eval_mode_and_leaves_the_tokenizer_unchanged(tiny_experiment):
+def test_probe_runs_in_eval_mode_and_leaves_the_tokenizer_unchanged(tiny_experiment, monkeypatch):
+    from ssl_vqvae.evaluation.probes import linear_probe_accuracies
+    from ssl_vqvae.vqvae import VQVAE
+
     exp = Experiment.load(tiny_experiment)
     before = jax.tree.map(np.array, exp.tokenizer_variables)
+    probed = []
+
+    def spy(train_features, train_labels, test_features, test_labels):
+        probed.extend([train_features, test_features])
+        return linear_probe_accuracies(train_features, train_labels, test_features, test_labels)
+
+    monkeypatch.setattr("ssl_vqvae.evaluate.linear_probe_accuracies", spy)
     accuracies = linear_probes(exp)
     chex.assert_trees_all_equal(jax.tree.map(np.array, exp.tokenizer_variables), before)
+    # Eval mode: each series' features are its own eval-mode representation, computed alone.
+    # A train-mode probe (BatchNorm on batch statistics) would make them depend on the batch.
+    for features, split in zip(probed, (exp.dataset.train, exp.dataset.test), strict=True):
+        for row in (0, len(split) - 1):
+            alone = exp.tokenizer.apply(
+                exp.tokenizer_variables,
+                jnp.asarray(split.x[row : row + 1]),
+                train=False,
+                method=VQVAE.representation,
+            )
+            np.testing.assert_allclose(features[row], alone[0], rtol=1e-5, atol=1e-6)
     # Stage 1 ran the same eval-mode probe on its final state.
     final = [
         r for r in metric_log.read_metrics(tiny_experiment / "stage1") if "eval/svm_accuracy" in r

@@ -21,7 +21,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto.event_pb2 import SessionLog
 
-from ssl_vqvae import sharding, training
+from ssl_vqvae import artifacts, sharding, train_state, training
+from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.data import Split
 from ssl_vqvae.errors import UserError
@@ -35,14 +36,19 @@ NUM_STEPS = 6
 TIMING_KEY = fault_soak.TIMING_KEY
 
 
-def _toy_step(state: training.TrainState, batch, rng):
+# The toy state is stored under the spec of a real module, so `load_model` can rebuild it.
+TOY_SPEC = ModelSpec("FCN", {"num_classes": 2}, DataInfo("toy", 1, 1, 2, 0.0, 1.0))
+
+
+def _toy_step(state: train_state.TrainState, batch, rng):
     del rng
     loss = jnp.mean(batch["x"])
     return state.replace(step=state.step + 1, params=state.params * 0.5 + loss), {"loss": loss}
 
 
-def _toy_state() -> training.TrainState:
-    return training.TrainState(
+def _toy_state(rng=None) -> train_state.TrainState:
+    del rng
+    return train_state.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=jnp.zeros(()),
         opt_state=jnp.zeros(()),
@@ -56,7 +62,8 @@ def _fit(workdir, num_steps=NUM_STEPS, train_step=_toy_step, **loop_options):
     options = {"log_every": 2, "eval_every": 3, "checkpoint_every": 2, **loop_options}
     return training.fit(
         workdir=workdir,
-        state=_toy_state(),
+        factory=train_state.StateFactory(_toy_state, jax.random.key(0)),
+        spec=TOY_SPEC,
         train_step=train_step,
         batches=BatchIterator(split, 4, seed=0),
         mesh=sharding.make_mesh(),
@@ -160,7 +167,7 @@ def test_wall_clock_checkpoints(tmp_path, minutes, expected):
 
 
 def _state_data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    files = [path for path in (step_dir / "state" / "d").iterdir() if path.is_file()]
+    files = [path for path in (step_dir / "model" / "d").iterdir() if path.is_file()]
     assert files
     return files
 
@@ -179,7 +186,7 @@ def _garble(step_dir: pathlib.Path) -> None:
 
 
 def _remove_manifest(step_dir: pathlib.Path) -> None:
-    (step_dir / "state" / "manifest.ocdbt").unlink()
+    (step_dir / "model" / "manifest.ocdbt").unlink()
 
 
 def _garble_record(step_dir: pathlib.Path) -> None:
@@ -219,7 +226,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     assert _records(trained_to_4) == records  # steps 3 and 4 logged once, by the rerun
     # The damaged step was deleted and saved again by the rerun.
     checkpointer = Checkpointer(checkpoints, read_only=True)
-    assert int(checkpointer.read_stored(4)[0]["step"]) == 4
+    assert int(checkpointer.read_stored(4)["train"]["step"]) == 4
     checkpointer.close()
 
 
@@ -247,10 +254,10 @@ def test_no_readable_checkpoint_is_a_one_line_user_error(trained_to_4, capsys):
     assert "no earlier checkpoint left" in capsys.readouterr().out
 
 
-def test_restore_state_of_a_damaged_run_is_a_one_line_user_error(trained_to_4):
+def test_loading_the_model_of_a_damaged_run_is_a_one_line_user_error(trained_to_4):
     _remove_manifest(trained_to_4 / "checkpoints" / "4")
     with pytest.raises(UserError, match="checkpoints/4 is unreadable") as error:
-        training.restore_state(trained_to_4, _toy_state(), sharding.make_mesh())
+        artifacts.load_model(trained_to_4, sharding.make_mesh())
     assert "\n" not in str(error.value)
 
 

@@ -127,8 +127,9 @@ def test_flax_scheme_keeps_flax_defaults():
 
 @pytest.mark.parametrize("scheme", initializers.SCHEMES)
 def test_config_selects_the_scheme_for_the_whole_tokenizer(scheme):
-    config = config_lib.stage1("vibcreg", "tiny")
-    assert config_lib.stage1("vibcreg").model.init == initializers.TORCH  # the default
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
+    default = config_lib.load_config_file("stage1_vibcreg")
+    assert default.model.init == initializers.TORCH
     config.model.init = scheme
     model = stage1.build_model(config, 150, 1)
     real = model.init(jax.random.key(0), jnp.zeros((4, 150, 1)), train=False)["params"]

@@ -310,11 +310,27 @@ def test_batch_stats_update_in_train_and_not_in_eval(tiny_setup):
     chex.assert_trees_all_equal(dec_eval, dec_vars["batch_stats"])
 
 
-def test_forward_is_deterministic(tiny_setup):
+def test_decoder_randomness_is_dropout_only(tiny_setup):
+    """Train-mode decoder outputs vary with the dropout rng only when the rate is non-zero, and
+    eval mode ignores it (the encoder's side: `test_dropout_needs_rng_only_when_active`)."""
     u, enc_vars, dec_vars = tiny_setup
-    first = tiny_autoencode(enc_vars, dec_vars, u, train=True)
-    second = tiny_autoencode(enc_vars, dec_vars, u, train=True)
-    chex.assert_trees_all_equal(first, second)
+    z = TINY_ENCODER.apply(enc_vars, u, train=False)
+    decoder = layers.Decoder(
+        out_channels=2, num_up=2, hidden_dim=TINY_HIDDEN, num_res_blocks=1, dropout_rate=0.5
+    )
+
+    def run(module, seed, train):
+        rngs = {"dropout": jax.random.key(seed)}
+        out, _ = module.apply(
+            dec_vars, z, u.shape[1:3], train=train, rngs=rngs, mutable=["batch_stats"]
+        )
+        return out
+
+    chex.assert_trees_all_equal(run(decoder, 3, True), run(decoder, 3, True))
+    assert not np.allclose(run(decoder, 3, True), run(decoder, 4, True))
+    chex.assert_trees_all_equal(run(TINY_DECODER, 3, True), run(TINY_DECODER, 4, True))
+    chex.assert_trees_all_equal(run(decoder, 3, False), run(decoder, 4, False))
+    chex.assert_trees_all_close(run(decoder, 3, False), run(TINY_DECODER, 3, False))
 
 
 def test_gradients_reach_every_layer(tiny_setup):

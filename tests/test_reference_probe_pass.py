@@ -9,20 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae import config_lib, sharding, stage1, training
+from ssl_vqvae import artifacts, config_lib, data, sharding, stage1, train_state, training
+from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.data import Split
 from ssl_vqvae.metric_log import read_metrics
 from ssl_vqvae.pipeline import BatchIterator
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS
 
+TOY_SPEC = ModelSpec("FCN", {"num_classes": 2}, DataInfo("toy", 1, 1, 2, 0.0, 1.0))
 
-def _toy_step(state: training.TrainState, batch, rng):
+
+def _toy_step(state: train_state.TrainState, batch, rng):
     del rng
     new_state = state.replace(step=state.step + 1, params=state.params + jnp.mean(batch["x"]))
     return new_state, {"loss": jnp.mean(batch["x"])}
 
 
-def _finalize(state: training.TrainState):
+def _finalize(state: train_state.TrainState):
     return state.replace(variables={"stats": state.variables["stats"] + 100.0}), {"extra": 1.0}
 
 
@@ -30,7 +33,7 @@ def _finalize(state: training.TrainState):
 def test_fit_saves_and_returns_the_finalized_state(tmp_path, with_finalize):
     mesh = sharding.make_mesh()
     split = Split(np.arange(8, dtype=np.float32).reshape(8, 1, 1), np.zeros(8, np.int32))
-    state = training.TrainState(
+    state = train_state.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=jnp.zeros(()),
         opt_state=jnp.zeros(()),
@@ -39,7 +42,8 @@ def test_fit_saves_and_returns_the_finalized_state(tmp_path, with_finalize):
     loop = training.LoopConfig(num_steps=3, log_every=1, eval_every=100, checkpoint_every=2)
     final = training.fit(
         workdir=tmp_path,
-        state=state,
+        factory=train_state.StateFactory(lambda rng: state, jax.random.key(0)),
+        spec=TOY_SPEC,
         train_step=_toy_step,
         batches=BatchIterator(split, 4, seed=0),
         mesh=mesh,
@@ -50,8 +54,8 @@ def test_fit_saves_and_returns_the_finalized_state(tmp_path, with_finalize):
     expected = 101.0 if with_finalize else 1.0
     np.testing.assert_array_equal(final.variables["stats"], np.full(3, expected))
     assert int(final.step) == 3
-    restored = training.restore_state(tmp_path, state, mesh)
-    chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(final))
+    restored = artifacts.load_model(tmp_path, mesh).variables
+    chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(final.model_variables()))
     logged = [r for r in read_metrics(tmp_path) if "eval/extra" in r]
     assert [r["step"] for r in logged] == ([3] if with_finalize else [])
 
@@ -75,7 +79,7 @@ def on_and_off(tiny_experiment, tmp_path_factory):
     stored = json.loads(stored_path.read_text())
     stored["train"]["reference_probe_pass"] = True
     stored_path.write_text(json.dumps(stored, indent=2) + "\n")
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     assert not config.train.reference_probe_pass
     config.train.reference_probe_pass = True
     stage1.train_and_evaluate(config, str(workdir))
@@ -85,9 +89,11 @@ def on_and_off(tiny_experiment, tmp_path_factory):
 def test_saved_tokenizer_holds_the_train_then_test_pass(on_and_off):
     on_dir, off_dir = on_and_off
     mesh = sharding.make_mesh()
-    model, on, config, dataset = stage1.restore_tokenizer(on_dir, mesh)
-    _, off, _, _ = stage1.restore_tokenizer(off_dir, mesh)
-    on, off = jax.device_get(on), jax.device_get(off)
+    loaded_on, loaded_off = artifacts.load_model(on_dir, mesh), artifacts.load_model(off_dir, mesh)
+    model = loaded_on.module
+    on, off = jax.device_get(loaded_on.variables), jax.device_get(loaded_off.variables)
+    config = json.loads((on_dir / "config.json").read_text())
+    dataset = data.load_ucr(config["data"]["dataset"])
 
     # The train-mode pass, restated: encoder + quantiser on train then test batches, in order.
     apply = jax.jit(
@@ -96,7 +102,7 @@ def test_saved_tokenizer_holds_the_train_then_test_pass(on_and_off):
         )
     )
     expected = dict(off)
-    batch_size = config.data.batch_size
+    batch_size = config["data"]["batch_size"]
     for split in (dataset.train, dataset.test):
         for start in range(0, len(split), batch_size):
             _, updated = apply(expected, split.x[start : start + batch_size])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae import training
+from ssl_vqvae import train_state
 
 PEAK = 1e-3
 STEPS_PER_EPOCH = (1, 2, 4, 29)
@@ -35,7 +35,9 @@ def _reference_rates(epochs: int, steps_per_epoch: int) -> list[float]:
 @pytest.mark.parametrize("epochs", [1, 3, 7])
 def test_schedule_matches_reference_stepping(epochs, steps_per_epoch):
     expected = _reference_rates(epochs, steps_per_epoch)
-    schedule = training.reference_cosine_schedule(PEAK, epochs * steps_per_epoch, steps_per_epoch)
+    schedule = train_state.reference_cosine_schedule(
+        PEAK, epochs * steps_per_epoch, steps_per_epoch
+    )
     got = np.asarray(jax.vmap(schedule)(jnp.arange(len(expected))))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-10)
 
@@ -60,7 +62,9 @@ def test_schedule_matches_torch_cosine_annealing(steps_per_epoch):
             used.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
         scheduler.step()
-    schedule = training.reference_cosine_schedule(PEAK, epochs * steps_per_epoch, steps_per_epoch)
+    schedule = train_state.reference_cosine_schedule(
+        PEAK, epochs * steps_per_epoch, steps_per_epoch
+    )
     got = [float(schedule(g)) for g in range(len(used))]
     np.testing.assert_allclose(got, used, rtol=1e-5, atol=1e-10)
 
@@ -69,7 +73,7 @@ def test_schedule_matches_torch_cosine_annealing(steps_per_epoch):
 def test_last_update_rate_is_near_zero(steps_per_epoch):
     """The thesis budget (1000 epochs) ends at ~0, where the old rule ended at up to lr0 / 2."""
     num_updates = 1000 * steps_per_epoch
-    schedule = training.reference_cosine_schedule(PEAK, num_updates, steps_per_epoch)
+    schedule = train_state.reference_cosine_schedule(PEAK, num_updates, steps_per_epoch)
     assert float(schedule(num_updates - 1)) < 1e-5 * PEAK
     assert float(schedule(0)) == pytest.approx(PEAK, rel=1e-4)
     rates = np.asarray(jax.vmap(schedule)(jnp.arange(num_updates)))
@@ -78,7 +82,7 @@ def test_last_update_rate_is_near_zero(steps_per_epoch):
 
 def test_partial_last_epoch_still_ends_near_zero():
     """A step budget that is not whole epochs (num_steps override) keeps the same rule."""
-    schedule = training.reference_cosine_schedule(PEAK, 301, steps_per_epoch=4)
+    schedule = train_state.reference_cosine_schedule(PEAK, 301, steps_per_epoch=4)
     assert float(schedule(300)) < 1e-3 * PEAK
     t_max = 301 + 76  # n + ceil(n / S)
     assert float(schedule(0)) == pytest.approx(PEAK * 0.5 * (1 + math.cos(math.pi / t_max)))
@@ -87,8 +91,8 @@ def test_partial_last_epoch_still_ends_near_zero():
 def test_optimizer_applies_the_schedule_per_update():
     """AdamW's update under a constant gradient has magnitude lr(g) exactly (bias-corrected)."""
     steps_per_epoch = 2
-    schedule = training.reference_cosine_schedule(PEAK, 6, steps_per_epoch)
-    optimizer = training.make_optimizer(schedule, weight_decay=0.0)
+    schedule = train_state.reference_cosine_schedule(PEAK, 6, steps_per_epoch)
+    optimizer = train_state.make_optimizer(schedule, weight_decay=0.0)
     params = jnp.zeros(3)
     state = optimizer.init(params)
     grads = jnp.ones(3)
@@ -106,7 +110,7 @@ def test_trainers_log_the_learning_rate(tiny_experiment, stage):
     config = json.loads((tiny_experiment / stage / "config.json").read_text())
     peak = config["optim"]["learning_rate"]
     # GunPoint at the tiny batch of 16: 50 train series -> ceil(50 / 16) = 4 batches per epoch.
-    schedule = training.reference_cosine_schedule(peak, 8, steps_per_epoch=4)
+    schedule = train_state.reference_cosine_schedule(peak, 8, steps_per_epoch=4)
     for step, rate in logged.items():
         assert rate == pytest.approx(float(schedule(step - 1)), rel=1e-6)
     assert logged[8] < 0.05 * peak

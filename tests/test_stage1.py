@@ -9,17 +9,28 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_vqvae import config_lib, data, pipeline, sharding, stage1, training
+from ssl_vqvae import artifacts, config_lib, data, pipeline, sharding, stage1, train_state
 from ssl_vqvae.vqvae import VQVAE
 
 GUNPOINT_LENGTH = 150
+
+
+def _init_state(model, optimizer, x_shape, rng):
+    """The trainer's fresh state of `model` for inputs of `x_shape`."""
+    example = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    return train_state.module_init(model, optimizer, example, train=False)(rng)
+
+
+def _train_step(model, optimizer, ssl_config):
+    """The trainer's raw step: the generic update of the stage-1 loss."""
+    return train_state.make_train_step(stage1.make_loss_fn(model, ssl_config), optimizer)
 
 
 def _param_count(config, length=GUNPOINT_LENGTH):
     model = stage1.build_model(config, length, 1)
     x = jnp.zeros((4, length, 1))
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
-    return training.count_params(shapes["params"]), model
+    return train_state.count_params(shapes["params"]), model
 
 
 def _tokenizer_formula(d, res, num_down, c=1):
@@ -37,25 +48,30 @@ def _projector_formula(d_in, h, o, iternorm):
     return (d_in * h + h) + 2 * h + (h * h + h) + 2 * h + (h * o + o) + (2 * o if iternorm else 0)
 
 
+# Pinned totals, by hand: with 3 down blocks the tokenizer has 48d^2 + 63d + 52 + res(20d^2 + 10d)
+# parameters, the projector (width h) 2dh + 2h^2 + 7h, plus 2h for IterNorm's affine (VIbCReg).
+#   d=16, res=1:  12288 + 1008 + 52 + 5280             = 18_628;  h=32: 1024 + 2048 + 224 (+64)
+#   d=64, res=4:  196608 + 4032 + 52 + 4 * 82560       = 530_932
+#   h=4096, d=64: 524288 + 33554432 + 28672 = 34_107_392 (+8192 with IterNorm)
 @pytest.mark.parametrize(
-    "method, arg, d, res, proj",
+    "method, arg, d, res, proj, pinned",
     [
-        ("none", "tiny", 16, 1, 0),
-        ("vibcreg", "tiny", 16, 1, 32),
-        ("none", None, 64, 4, 0),
-        ("barlowtwins", None, 64, 4, 4096),
-        ("vibcreg", None, 64, 4, 4096),
+        ("none", "tiny", 16, 1, 0, 18_628),
+        ("vibcreg", "tiny", 16, 1, 32, 18_628 + 3_360),
+        ("none", None, 64, 4, 0, 530_932),
+        ("barlowtwins", None, 64, 4, 4096, 530_932 + 34_107_392),
+        ("vibcreg", None, 64, 4, 4096, 530_932 + 34_107_392 + 8_192),
     ],
 )
-def test_parameter_counts_pinned(method, arg, d, res, proj):
-    count, model = _param_count(config_lib.stage1(method, arg))
+def test_parameter_counts_pinned(method, arg, d, res, proj, pinned):
+    count, model = _param_count(
+        config_lib.load_config_file(f"{config_lib.STAGE1_CONFIGS[method]}:{arg or ''}")
+    )
     expected = _tokenizer_formula(d, res, num_down=3)  # GunPoint: L=150 -> 3 down blocks
     if proj:
         expected += _projector_formula(2 * d, proj, proj, iternorm=method == "vibcreg")
-    assert count == expected
+    assert count == expected == pinned
     assert model.token_grid == (5, 9)
-    pinned = {("none", None): 530_932, ("vibcreg", None): 34_646_516}
-    assert pinned.get((method, arg), count) == count
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +82,13 @@ def gunpoint():
 @pytest.fixture(scope="module")
 def tiny_setup(gunpoint):
     """Model, optimizer, raw step and a first batch for the tiny VIbCReg config."""
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     model = stage1.build_model(config, gunpoint.length, 1)
-    optimizer = training.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
+    optimizer = train_state.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
     names = ("window_warp", "amplitude_resize")
     batches = pipeline.BatchIterator(gunpoint.train, 16, seed=0, augmentations=names)
-    state = stage1.init_state(
-        model, optimizer, jnp.asarray(gunpoint.train.x[:16]), jax.random.key(0)
-    )
-    step = chex.assert_max_traces(stage1.make_train_step(model, optimizer, config.ssl), n=1)
+    state = _init_state(model, optimizer, (16, gunpoint.length, 1), jax.random.key(0))
+    step = chex.assert_max_traces(_train_step(model, optimizer, config.ssl), n=1)
     return model, optimizer, step, state, batches
 
 
@@ -85,12 +99,12 @@ def _copy(tree):
 
 @pytest.fixture(scope="module")
 def sharded_step(tiny_setup):
-    return training.compile_step(tiny_setup[2], sharding.make_mesh())
+    return train_state.compile_step(tiny_setup[2], sharding.make_mesh())
 
 
 def _step_on(devices, model, optimizer, ssl_config, state, batch):
     mesh = sharding.make_mesh(devices)
-    step = training.compile_step(stage1.make_train_step(model, optimizer, ssl_config), mesh)
+    step = train_state.compile_step(_train_step(model, optimizer, ssl_config), mesh)
     return jax.device_get(
         step(
             sharding.replicate(_copy(state), mesh),
@@ -109,13 +123,13 @@ def test_one_step_on_four_devices_equals_one_device(method, gunpoint):
     reduction-order rounding of z (~1e-7) may route the max's gradient to another tied
     position; the gradients are then equally valid but not equal.
     """
-    config = config_lib.stage1(method, "tiny")
+    config = config_lib.load_config_file(f"{config_lib.STAGE1_CONFIGS[method]}:tiny")
     model = stage1.build_model(config, gunpoint.length, 1)
     # Plain SGD: Adam would blow roundoff-level gradients (biases before BatchNorm) up to +-lr.
     optimizer = optax.sgd(0.1)
     augmentations = () if method == "none" else ("window_warp", "amplitude_resize")
     batch = next(pipeline.BatchIterator(gunpoint.train, 16, 0, augmentations))
-    state = stage1.init_state(model, optimizer, jnp.asarray(batch["x"]), jax.random.key(0))
+    state = _init_state(model, optimizer, batch["x"].shape, jax.random.key(0))
     assert jax.device_count() == 4
     state4, metrics4 = _step_on(jax.devices(), model, optimizer, config.ssl, state, batch)
     state1, metrics1 = _step_on(jax.devices()[:1], model, optimizer, config.ssl, state, batch)
@@ -144,7 +158,7 @@ def test_loss_decreases_without_recompiling(tiny_setup, sharded_step):
 def test_gradients_reach_encoder_but_not_codebook(tiny_setup, gunpoint):
     model, _, _, state, _ = tiny_setup
     x = jnp.asarray(gunpoint.train.x[:8])
-    config = config_lib.stage1("vibcreg", "tiny").ssl
+    config = config_lib.load_config_file("stage1_vibcreg:tiny").ssl
 
     def ssl_only(params):
         outputs, _ = model.apply(
@@ -196,34 +210,30 @@ def _metrics(run):
 def test_resume_continues_and_restores_state_exactly(tiny_experiment, tmp_path, capsys):
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_experiment / "stage1", workdir / "stage1")
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     config.train.num_steps = 12
     final = stage1.train_and_evaluate(config, str(workdir))
     assert "resumed from step 8" in capsys.readouterr().out
     assert int(final.step) == 12
     steps = [r["step"] for r in _metrics(workdir / "stage1") if "train/loss" in r]
     assert steps == [4, 8, 12]
-    model = stage1.build_model(config, GUNPOINT_LENGTH, 1)
-    optimizer = training.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
-    abstract = jax.eval_shape(
-        lambda: stage1.init_state(
-            model, optimizer, jnp.zeros((4, GUNPOINT_LENGTH, 1)), jax.random.key(0)
-        )
+    restored = artifacts.load_model(workdir / "stage1", sharding.make_mesh())
+    assert restored.step == 12
+    chex.assert_trees_all_equal(
+        jax.device_get(restored.variables), jax.device_get(final.model_variables())
     )
-    restored = training.restore_state(workdir / "stage1", abstract, sharding.make_mesh())
-    chex.assert_trees_all_equal(jax.device_get(restored), jax.device_get(final))
 
 
 def test_bad_config_values_fail_clearly(tmp_path):
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     config.ssl.method = "simsiam"
     with pytest.raises(ValueError, match="ssl.method='simsiam'"):
         stage1.train_and_evaluate(config, str(tmp_path))
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     config.ssl.augmentations = "warp,jitter"
     with pytest.raises(ValueError, match="jitter"):
         stage1.train_and_evaluate(config, str(tmp_path))
-    config = config_lib.stage1("vibcreg", "tiny")
+    config = config_lib.load_config_file("stage1_vibcreg:tiny")
     config.data.dataset = "NoSuchSet"
     with pytest.raises(FileNotFoundError, match="'NoSuchSet' not found"):
         stage1.train_and_evaluate(config, str(tmp_path))

@@ -93,7 +93,7 @@ def _mse(a, b) -> float:
 
 @pytest.mark.parametrize("method", ["none", "barlowtwins", "vibcreg"])
 def test_total_loss_is_the_hand_sum(method):
-    config = config_lib.stage1(method).ssl
+    config = config_lib.load_config_file(config_lib.STAGE1_CONFIGS[method]).ssl
     assert config.aug_recon_weight == 0.1
     outputs, x, x_aug = _fixed_outputs(with_ssl=method != "none")
     loss, metrics = stage1.stage1_loss(
@@ -130,7 +130,7 @@ def test_total_loss_is_the_hand_sum(method):
 
 @pytest.mark.parametrize("method", ["simsiam", "none", ""])
 def test_unknown_ssl_method_is_rejected(method):
-    config = config_lib.stage1("vibcreg").ssl
+    config = config_lib.load_config_file("stage1_vibcreg").ssl
     config.method = method
     outputs, x, x_aug = _fixed_outputs(with_ssl=True)
     pattern = rf"ssl\.method={method!r}.*'barlowtwins'.*'vibcreg'"
@@ -148,7 +148,9 @@ def _pool(z: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def vibcreg_forward():
     """A tiny VIbCReg tokenizer (with IterNorm) and one train-mode forward of both views."""
-    model = stage1.build_model(config_lib.stage1("vibcreg", "tiny"), length=64, channels=1)
+    model = stage1.build_model(
+        config_lib.load_config_file("stage1_vibcreg:tiny"), length=64, channels=1
+    )
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(8, 64, 1)), jnp.float32)
     x_aug = jnp.asarray(rng.normal(size=(8, 64, 1)), jnp.float32)
@@ -205,7 +207,9 @@ def test_projector_inputs_are_pooled_quantized_and_pooled_augmented_latents(vibc
 
 
 def test_plain_vqvae_has_no_ssl_branch():
-    model = stage1.build_model(config_lib.stage1("none", "tiny"), length=64, channels=1)
+    model = stage1.build_model(
+        config_lib.load_config_file("stage1_vqvae:tiny"), length=64, channels=1
+    )
     x = jnp.ones((2, 64, 1))
     variables = model.init({"params": jax.random.key(0)}, x, train=False)
     outputs = model.apply(variables, x, train=False)

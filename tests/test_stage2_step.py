@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ssl_vqvae import config_lib, data, sharding, stage1, stage2, training
+from ssl_vqvae import config_lib, data, sharding, stage1, stage2, train_state, validation
 from ssl_vqvae.vqvae import VQVAE
 
 BATCH = 16
@@ -25,19 +25,22 @@ def setup():
     encoder latents of the batch (eval mode) gives varied targets.
     """
     gunpoint = data.load_ucr("GunPoint")
-    tokenizer = stage1.build_model(config_lib.stage1("none", "tiny"), gunpoint.length, 1)
+    settings = validation.validate(config_lib.load_config_file("stage1_vqvae:tiny"))
+    tokenizer = stage1.build_model(settings, gunpoint.length, 1)
     x = jnp.asarray(gunpoint.train.x[:BATCH])
-    state = stage1.init_state(tokenizer, optax.sgd(0.0), x, jax.random.key(0))
+    example = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    init = train_state.module_init(tokenizer, optax.sgd(0.0), example, train=False)
+    state = init(jax.random.key(0))
     variables = {"params": state.params, **jax.device_get(state.variables)}
     _, z = tokenizer.apply(variables, x, method=lambda m, x: m.encode(x, train=False))
     z = np.asarray(z).reshape(-1, tokenizer.hidden_dim)
     picks = np.random.default_rng(0).choice(len(z), tokenizer.codebook_size, replace=False)
     variables["vq"]["quantizer"]["codebook"] = jnp.asarray(z[picks])
-    config = config_lib.stage2("tiny")
-    variant = stage2.resolve_variant(config, "vibcreg")  # the prior of the SSL runs
-    prior = stage2.build_prior(config, tokenizer, gunpoint.num_classes, variant)
+    prior_settings = validation.validate(config_lib.load_config_file("stage2_maskgit:tiny")).prior
+    variant = stage2.resolve_variant(prior_settings, "vibcreg")  # the prior of the SSL runs
+    prior = stage2.build_prior(prior_settings, tokenizer, gunpoint.num_classes, variant)
     codebook = tokenizer.apply(variables, method=VQVAE.codebook)
-    prior_state = stage2.init_state(prior, OPTIMIZER, codebook, jax.random.key(1))
+    prior_state = stage2.init_prior(prior, OPTIMIZER)(jax.random.key(1), codebook)
     batch = {"x": gunpoint.train.x[:BATCH], "y": gunpoint.train.y[:BATCH].astype(np.int32)}
     return tokenizer, variables, prior, prior_state, batch
 
@@ -49,10 +52,12 @@ def _copy(tree):
 
 def _raw_step(setup, **prior_overrides):
     tokenizer, _, prior, _, _ = setup
-    config = config_lib.stage2("tiny")
+    config = config_lib.load_config_file("stage2_maskgit:tiny")
     config.prior.update(prior_overrides)
-    convention = stage2.masking_convention(config.prior.masking, prior.variant)
-    return stage2.make_train_step(prior, tokenizer, OPTIMIZER, config, convention)
+    settings = validation.validate(config).prior
+    convention = stage2.masking_convention(settings.masking, prior.variant)
+    loss_fn = stage2.make_loss_fn(prior, tokenizer, settings, convention)
+    return train_state.make_train_step(loss_fn, OPTIMIZER)
 
 
 def _spied_inputs(monkeypatch, setup, batch, num_steps, **prior_overrides):
@@ -129,7 +134,7 @@ def four_device_step(setup):
     draws, which no prior can learn.
     """
     step = chex.assert_max_traces(_raw_step(setup, token_sample_temperature=0.0), n=1)
-    return training.compile_step(step, sharding.make_mesh(), setup[1])
+    return train_state.compile_step(step, sharding.make_mesh(), setup[1])
 
 
 def test_loss_falls_without_retrace_and_tokenizer_stays_frozen(setup, four_device_step):
@@ -158,7 +163,7 @@ def test_one_step_on_four_devices_equals_one_device(setup, four_device_step):
         (jax.devices()[:1], None),
     ]:
         mesh = sharding.make_mesh(devices)
-        step = step or training.compile_step(
+        step = step or train_state.compile_step(
             _raw_step(setup, token_sample_temperature=0.0), mesh, variables
         )
         args = (sharding.replicate(_copy(state), mesh), sharding.shard_batch(batch, mesh))

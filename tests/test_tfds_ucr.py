@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ssl_vqvae import data, tfds_ucr
+from ssl_vqvae import data, tfds_ucr, ucr_tsv
 
 GUNPOINT_SIZES = {"train": 50, "test": 150}
 
@@ -33,7 +33,7 @@ def gunpoint(tmp_path_factory):
 def gunpoint_files():
     """(labels, values) of the bundled GunPoint files per split, read independently of TFDS."""
     train_path, test_path = data.locate_dataset("GunPoint")
-    return {"train": data.read_ucr_file(train_path), "test": data.read_ucr_file(test_path)}
+    return {"train": ucr_tsv.read_ucr_file(train_path), "test": ucr_tsv.read_ucr_file(test_path)}
 
 
 def test_builder_registered_with_bundled_and_package_configs():
@@ -89,7 +89,7 @@ def test_random_access_by_index(gunpoint, gunpoint_files):
 def test_data_source_prepares_missing_dataset_as_array_record(tmp_path):
     sources = tfds.data_source("ucr/ItalyPowerDemand", data_dir=tmp_path)
     train_path, _ = data.locate_dataset("ItalyPowerDemand")
-    labels, values = data.read_ucr_file(train_path)
+    labels, values = ucr_tsv.read_ucr_file(train_path)
     assert len(sources["train"]) == len(labels)
     np.testing.assert_array_equal(sources["train"][5]["series"][:, 0], values[5].astype(np.float32))
     assert list((tmp_path / "ucr" / "ItalyPowerDemand").glob("*/ucr-train.array_record-*"))

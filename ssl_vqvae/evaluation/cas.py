@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from ssl_vqvae import generate, pipeline, stage2
+from ssl_vqvae import generate
 from ssl_vqvae.evaluation import classifier
 
 if TYPE_CHECKING:
     from ssl_vqvae.api import Experiment
 
 MIN_SYNTHETIC_TRAIN = 1000
-GENERATION_BATCH = 256
 # Folded into the seed so class-conditional draws are independent of the unconditional ones.
 CAS_SAMPLING_STREAM = 1
 SYNTHETIC_FILE = "synthetic.npz"
@@ -81,35 +80,24 @@ def sample_synthetic_train_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-conditional samples, `counts[c]` of class c: (float32 [N, L', C], int32 [N]).
 
-    All classes go through one compiled generator with a fixed batch; the guidance scale is the
+    All classes go through the experiment's one compiled sampler; the guidance scale is the
     stage-2 config's (1.0 in the thesis, i.e. plain conditional logits).
     """
-    config = experiment.stage2_config
     class_ids = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
-    num_devices = experiment.mesh.size
-    needed = -(-len(class_ids) // num_devices) * num_devices
-    generator = generate.make_generator(
-        experiment.prior, experiment.tokenizer, stage2.decoding_config(config)
-    )
-    series = generate.generate_in_batches(
-        generator,
-        experiment.prior_params,
-        experiment.tokenizer_variables,
+    series = experiment.generate(
         class_ids,
         jax.random.fold_in(jax.random.key(seed), CAS_SAMPLING_STREAM),
-        config.sampling.guidance_scale,
-        pipeline.round_to_devices(min(GENERATION_BATCH, needed), num_devices),
-        experiment.mesh,
+        experiment.stage2_settings.sampling.guidance_scale,
     )
     return series, class_ids
 
 
 def _generator_key(experiment: Experiment, counts: np.ndarray, seed: int) -> str:
     """Digest of everything the synthetic set depends on: models, decoding settings, counts."""
-    config = experiment.stage2_config
     settings = (
-        f"{counts.tolist()} {seed} {stage2.decoding_config(config)} "
-        f"{config.sampling.guidance_scale}"
+        f"{counts.tolist()} {seed} {experiment.decoding()} "
+        f"{experiment.stage2_settings.sampling.guidance_scale} "
+        f"batches {generate.BATCH_RUNGS} x {experiment.mesh.size}"
     )
     digest = hashlib.sha256(settings.encode())
     for leaf in jax.tree.leaves(
