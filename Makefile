@@ -37,7 +37,7 @@ demo: install
 		--config.train.num_steps=$(DEMO_STAGE2_STEPS) \
 		--config.train.checkpoint_every=$(DEMO_CHECKPOINT_EVERY)
 	$(PY) sample.py --workdir=$(DEMO)
-	$(PY) evaluate.py --workdir=$(DEMO) --fcn_epochs=$(DEMO_FCN_EPOCHS) \
+	$(PY) evaluate.py --workdir=$(DEMO) --budget=quick --fcn_epochs=$(DEMO_FCN_EPOCHS) \
 		--cas_epochs=$(DEMO_CAS_EPOCHS)
 
 # 93 of the 128 UCR-2018 sets as local files. Same packages as `pip install -e '.[ucr]'`, but

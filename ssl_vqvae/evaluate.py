@@ -1,7 +1,10 @@
 """Evaluates a trained experiment (SPEC §5): linear probes, FID, IS and CAS.
 
-    python -m ssl_vqvae.evaluate --workdir=runs/gp [--fcn_epochs=1000] [--cas_epochs=1000]
-        [--seed=0] [--cache_dir=~/.cache/ssl_vqvae/fcn]
+    python -m ssl_vqvae.evaluate --workdir=runs/gp [--budget=thesis|quick] [--fcn_epochs=N]
+        [--cas_epochs=N] [--seed=0] [--cache_dir=~/.cache/ssl_vqvae/fcn]
+
+Before the long phases it prints its plan: the steps of both FCN trainings and an estimated
+duration from a few timed steps on this machine (`evaluation.plan`).
 
 Writes `<workdir>/eval/report.json`, `report.md` and figures (real vs generated per class, a PCA
 of FCN features, codebook usage). The FID/IS classifier is trained once per dataset and cached
@@ -25,7 +28,7 @@ from ssl_vqvae import cli, layout, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.errors import UserError
-from ssl_vqvae.evaluation import cas, classifier, fcn_cache, report
+from ssl_vqvae.evaluation import cas, classifier, fcn_cache, plan, report
 from ssl_vqvae.evaluation.fcn_outputs import fcn_outputs
 from ssl_vqvae.evaluation.probes import linear_probe_accuracies
 from ssl_vqvae.evaluation.scores import frechet_distance, inception_score
@@ -112,31 +115,26 @@ def fidelity_metrics(
 
 
 def _print_plan(
-    dataset: UCRDataset,
-    fcn_dir: pathlib.Path,
-    fcn_epochs: int,
-    cas_epochs: int,
-    num_synthetic: int,
-    num_devices: int,
+    exp: Experiment, fcn_dir: pathlib.Path, budget: str, epochs: plan.Budget, num_synthetic: int
 ) -> None:
-    """The step counts that the epoch settings imply, before anything long starts."""
-    fcn_steps = classifier.steps_per_epoch(len(dataset.train), classifier.BATCH_SIZE, num_devices)
-    cas_steps = classifier.steps_per_epoch(num_synthetic, classifier.BATCH_SIZE, num_devices)
-    cached = "cached" if (fcn_dir / fcn_cache.SUMMARY_FILE).is_file() else "to train"
+    """The steps of both FCN trainings and their estimated duration, before they start."""
+    dataset = exp.dataset
     print(
-        f"[evaluate] {dataset.name} on {num_devices} device(s): FCN {fcn_epochs} epochs x "
-        f"{fcn_steps} steps = {fcn_epochs * fcn_steps} steps ({cached}: {fcn_dir}); CAS "
-        f"{cas_epochs} epochs x {cas_steps} steps = {cas_epochs * cas_steps} steps on "
-        f"{num_synthetic} synthetic series; FID/IS on {len(dataset.test)} test series",
+        f"[evaluate] {dataset.name} on {exp.mesh.size} device(s); FID/IS on {len(dataset.test)} "
+        f"test series, CAS on {num_synthetic} synthetic series; FCN cache {fcn_dir}",
         flush=True,
     )
+    cached = (fcn_dir / fcn_cache.SUMMARY_FILE).is_file()
+    trainings = plan.fcn_trainings(dataset, exp.mesh, epochs, num_synthetic, cached)
+    print(plan.describe(trainings, budget), flush=True)
 
 
 def evaluate_experiment(
     workdir: str | pathlib.Path,
     *,
-    fcn_epochs: int = classifier.DEFAULT_EPOCHS,
-    cas_epochs: int = classifier.DEFAULT_EPOCHS,
+    budget: str = "thesis",
+    fcn_epochs: int | None = None,
+    cas_epochs: int | None = None,
     seed: int = 0,
     cache_dir: str | pathlib.Path | None = None,
     cas_min_samples: int = cas.MIN_SYNTHETIC_TRAIN,
@@ -145,8 +143,10 @@ def evaluate_experiment(
 
     Args:
       workdir: experiment folder with trained `stage1/` and `stage2/`.
-      fcn_epochs: epochs of the cached FID/IS classifier (trained once per dataset).
-      cas_epochs: epochs of the CAS classifier trained on synthetic series.
+      budget: a name of `plan.BUDGETS`: "thesis" (SPEC §5, the default) or "quick".
+      fcn_epochs: epochs of the cached FID/IS classifier (trained once per dataset); None: the
+        budget's.
+      cas_epochs: epochs of the CAS classifier trained on synthetic series; None: the budget's.
       seed: seeds sampling, the IS shuffle and the CAS classifier.
       cache_dir: FCN cache root (default `$SSL_VQVAE_CACHE` or `~/.cache/ssl_vqvae/fcn`).
       cas_min_samples: the synthetic train set is scaled up to about this many series.
@@ -155,6 +155,13 @@ def evaluate_experiment(
       The report (also written to `report.json`): probe accuracies, FID, IS, CAS, FCN accuracy,
       codebook usage, settings and per-phase wall times.
     """
+    if budget not in plan.BUDGETS:
+        raise UserError(f"budget={budget!r}; expected one of {tuple(plan.BUDGETS)}")
+    epochs = plan.Budget(
+        fcn_epochs or plan.BUDGETS[budget].fcn_epochs,
+        cas_epochs or plan.BUDGETS[budget].cas_epochs,
+    )
+    fcn_epochs, cas_epochs = epochs.fcn_epochs, epochs.cas_epochs
     workdir = pathlib.Path(workdir).expanduser().absolute()
     stage1_dir, _ = layout.check_trained(workdir)
     out = workdir / EVAL_DIR
@@ -169,7 +176,7 @@ def evaluate_experiment(
         check_test_split(exp.dataset)
     dataset = exp.dataset
     counts = cas.synthetic_class_counts(dataset.train.y, dataset.num_classes, cas_min_samples)
-    _print_plan(dataset, fcn_dir, fcn_epochs, cas_epochs, int(counts.sum()), exp.mesh.size)
+    _print_plan(exp, fcn_dir, budget, epochs, int(counts.sum()))
 
     with progress.phase("linear probes"):
         probes = linear_probes(exp)
@@ -195,6 +202,7 @@ def evaluate_experiment(
             "augmentations": exp.stage1_settings.ssl.augmentations,
             "prior_variant": exp.stage2_resolved["prior_variant"],
             "seed": seed,
+            "budget": budget,
             **probes,
             **fidelity,
             "fcn_test_accuracy": fcn.test_accuracy,
@@ -245,11 +253,19 @@ def _write_figures(
 def define_flags() -> None:
     """Command-line flags of the evaluation entry points (bounds checked while parsing)."""
     flags.DEFINE_string("workdir", None, "Experiment folder with trained stage1/ and stage2/.")
-    flags.DEFINE_integer(
-        "fcn_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the FID/IS FCN.", lower_bound=1
+    flags.DEFINE_enum(
+        "budget",
+        "thesis",
+        list(plan.BUDGETS),
+        "thesis: SPEC §5's 1000-epoch FCNs (hours on a CPU); quick: "
+        + ", ".join(f"{k}={v}" for k, v in vars(plan.BUDGETS["quick"]).items())
+        + " (not comparable with published numbers).",
     )
     flags.DEFINE_integer(
-        "cas_epochs", classifier.DEFAULT_EPOCHS, "Epochs of the CAS FCN.", lower_bound=1
+        "fcn_epochs", None, "Epochs of the FID/IS FCN (default: the budget's).", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "cas_epochs", None, "Epochs of the CAS FCN (default: the budget's).", lower_bound=1
     )
     flags.DEFINE_integer(
         "seed", 0, "Seed of sampling, the IS shuffle and the CAS FCN.", lower_bound=0
@@ -268,6 +284,7 @@ def main(argv: list[str]) -> None:
     options = flags.FLAGS
     results = evaluate_experiment(
         options.workdir,
+        budget=options.budget,
         fcn_epochs=options.fcn_epochs,
         cas_epochs=options.cas_epochs,
         seed=options.seed,

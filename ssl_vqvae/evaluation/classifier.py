@@ -11,7 +11,6 @@ order (the last, smaller batch counts as one batch). With `eval_every_epochs=1` 
 reference, which validates once per epoch; Lightning's two sanity-check batches before training,
 which also touch the reference EMA, are not replayed (their weight after 1000 epochs is ~0).
 The EMA is checkpointed with the loop (`Evaluator.loop_state`), so a resumed run continues it.
-
 Folders are reused through `fcn_cache`: a finished run is restored instead of trained again.
 """
 
@@ -107,6 +106,14 @@ def make_loss_fn(model: FCN) -> train_state.LossFn:
         return loss, ({"accuracy": accuracy}, new_variables)
 
     return loss_fn
+
+
+def compile_step(
+    model: FCN, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh
+) -> train_state.CompiledStep:
+    """The FCN update compiled over `mesh` (training, and the evaluation plan's timing)."""
+    step = train_state.make_train_step(make_loss_fn(model), optimizer)
+    return train_state.compile_step(step, mesh)
 
 
 class Validator(training.Evaluator):
@@ -236,9 +243,7 @@ def fit_classifier(
             jax.random.key(seed),
         ),
         spec=ModelSpec.of(model, data),
-        train_step=train_state.compile_step(
-            train_state.make_train_step(make_loss_fn(model), optimizer), mesh
-        ),
+        train_step=compile_step(model, optimizer, mesh),
         batches=batches,
         mesh=mesh,
         rng=jax.random.key(seed),
