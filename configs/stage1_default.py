@@ -37,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dead_code = "reference"
     # torch = PyTorch's default initialisers, as the reference (SPEC §7.10); or flax.
     config.model.init = "torch"
+    # Compute dtype: float32 (the reference's numerics) | bfloat16 (faster on GPUs/TPUs; params,
+    # BatchNorm, the quantiser, STFT, SSL and reconstruction losses stay float32).
+    config.model.dtype = "float32"
 
     config.ssl = ml_collections.ConfigDict()
     # none = plain VQ-VAE (SPEC §2.6); barlowtwins | vibcreg add the SSL loss (SPEC §3).

@@ -34,6 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.prior.masking = "thesis"  # thesis (SPEC §4.4) | standard (MaskGIT, loss on masked only)
     config.prior.token_sample_temperature = 1.0  # stochastic VQ targets (SPEC §4.1); 0 = argmax
     config.prior.init = "torch"  # Linear layers as torch initialises them (SPEC §7.10); or flax
+    # Compute dtype: float32 (the reference's numerics) | bfloat16 (the transformer trunk; params,
+    # norms' statistics, softmax, logits and the loss stay float32).
+    config.prior.dtype = "float32"
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.num_steps = 10  # iterative decoding steps T (SPEC §4.5)

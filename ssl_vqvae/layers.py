@@ -3,6 +3,10 @@
 All maps are NHWC: `[batch, H = n_fft // 2 + 1, W = frames, channels]`. The encoder halves W in
 each of its `num_down` blocks (H is kept); the decoder doubles W `num_up + 1` times and then
 resizes (corner-aligned bilinear) to the exact STFT size.
+
+`dtype` (initializers.COMPUTE_DTYPES) is the compute dtype of every convolution: the encoder and
+decoder cast their input to it, BatchNorm normalises in float32 and hands back that dtype, and
+the decoder returns float32 (the resize and everything after it run in float32).
 """
 
 import math
@@ -96,10 +100,11 @@ class UpsampleConv(nn.Module):
 
     features: int
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        """x: float32 [batch, H, W, in] -> float32 [batch, H, 2 W, features]."""
+        """x: float [batch, H, W, in] -> [batch, H, 2 W, features] in `dtype`."""
         batch, height, width, in_features = x.shape
         # torch reads a transposed convolution's fan-in off its (in, out, kh, kw) weight's dim 1.
         inits = initializers.layer_init(self.param_init, self.features * math.prod(SAMPLING_KERNEL))
@@ -107,6 +112,9 @@ class UpsampleConv(nn.Module):
             "kernel", inits["kernel_init"], (*SAMPLING_KERNEL, in_features, self.features)
         )
         bias = self.param("bias", inits["bias_init"], (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(
+            x, kernel, bias, dtype=initializers.compute_dtype(self.dtype)
+        )
 
         def phase(phase_kernel: jnp.ndarray, width_pad: tuple[int, int]) -> jnp.ndarray:
             return jax.lax.conv_general_dilated(
@@ -133,10 +141,11 @@ class DownBlock(nn.Module):
     features: int
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        """x: float32 [batch, H, W, in] -> float32 [batch, H, W // 2, features]."""
+        """x: float [batch, H, W, in] -> [batch, H, W // 2, features] in `dtype`."""
         # PyTorch padding_mode="replicate" on H and W.
         in_features = x.shape[-1]
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
@@ -145,6 +154,7 @@ class DownBlock(nn.Module):
             in_features,
             SAMPLING_KERNEL,
             self.param_init,
+            self.dtype,
             strides=(1, WIDTH_STRIDE),
             padding="VALID",
         )(x)
@@ -162,20 +172,21 @@ class ResBlock(nn.Module):
     use_batch_norm: bool
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        """x: float32 [batch, H, W, d] -> same shape."""
+        """x: [batch, H, W, d] in `dtype` -> same shape and dtype."""
         features = x.shape[-1]
         y = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
         y = initializers.conv(
-            features, features, (3, 3), self.param_init, padding=((1, 1), (1, 1))
+            features, features, (3, 3), self.param_init, self.dtype, padding=((1, 1), (1, 1))
         )(y)
         if self.use_batch_norm:
             y = _batch_norm(train)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.leaky_relu(y, LEAKY_RELU_SLOPE)
-        y = initializers.conv(features, features, (1, 1), self.param_init)(y)
+        y = initializers.conv(features, features, (1, 1), self.param_init, self.dtype)(y)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return x + y
 
@@ -186,11 +197,12 @@ class UpBlock(nn.Module):
     features: int
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        """x: float32 [batch, H, W, in] -> float32 [batch, H, 2 W, features]."""
-        x = UpsampleConv(self.features, self.param_init)(x)
+        """x: float [batch, H, W, in] -> [batch, H, 2 W, features] in `dtype`."""
+        x = UpsampleConv(self.features, self.param_init, self.dtype)(x)
         x = _batch_norm(train)(x)
         x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -204,21 +216,24 @@ class Encoder(nn.Module):
     num_res_blocks: int = 4
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, u: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        """u: float32 [batch, H, W, 2C] -> z: float32 [batch, H, W >> num_down, hidden_dim]."""
+        """u: float [batch, H, W, 2C] -> z: [batch, H, W >> num_down, hidden_dim] in `dtype`."""
         if self.num_down < 1:
             raise ValueError(f"num_down must be >= 1, got {self.num_down}")
         if encoded_width(u.shape[2], self.num_down) < 1:
             raise ValueError(
                 f"input width {u.shape[2]} is too small for num_down={self.num_down} halvings"
             )
-        x = u
+        x = u.astype(initializers.compute_dtype(self.dtype))
         for _ in range(self.num_down):
-            x = DownBlock(self.hidden_dim, self.dropout_rate, self.param_init)(x, train=train)
+            x = DownBlock(self.hidden_dim, self.dropout_rate, self.param_init, self.dtype)(
+                x, train=train
+            )
         for _ in range(self.num_res_blocks):
-            x = ResBlock(True, self.dropout_rate, self.param_init)(x, train=train)
+            x = ResBlock(True, self.dropout_rate, self.param_init, self.dtype)(x, train=train)
             x = _batch_norm(train)(x)
         return x
 
@@ -228,7 +243,7 @@ class Decoder(nn.Module):
 
     `num_res_blocks` x (ResBlock without inner BN -> BN), `num_up - 1` UpBlocks d -> d,
     UpsampleConv d -> out_channels, UpsampleConv out_channels -> out_channels, then a
-    corner-aligned bilinear resize to the STFT size.
+    corner-aligned bilinear resize to the STFT size, in float32.
     """
 
     out_channels: int
@@ -237,20 +252,23 @@ class Decoder(nn.Module):
     num_res_blocks: int = 4
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, z: jnp.ndarray, output_hw: tuple[int, int], *, train: bool) -> jnp.ndarray:
-        """z: float32 [batch, H', W', hidden_dim] -> float32 [batch, *output_hw, out_channels]."""
+        """z: float [batch, H', W', hidden_dim] -> float32 [batch, *output_hw, out_channels]."""
         if self.num_up < 1:
             raise ValueError(f"num_up must be >= 1, got {self.num_up}")
         if z.shape[-1] != self.hidden_dim:
             raise ValueError(f"z must have hidden_dim={self.hidden_dim} channels, got {z.shape}")
-        x = z
+        x = z.astype(initializers.compute_dtype(self.dtype))
         for _ in range(self.num_res_blocks):
-            x = ResBlock(False, self.dropout_rate, self.param_init)(x, train=train)
+            x = ResBlock(False, self.dropout_rate, self.param_init, self.dtype)(x, train=train)
             x = _batch_norm(train)(x)
         for _ in range(self.num_up - 1):
-            x = UpBlock(self.hidden_dim, self.dropout_rate, self.param_init)(x, train=train)
-        x = UpsampleConv(self.out_channels, self.param_init)(x)
-        x = UpsampleConv(self.out_channels, self.param_init)(x)
-        return resize_bilinear_align_corners(x, tuple(output_hw))
+            x = UpBlock(self.hidden_dim, self.dropout_rate, self.param_init, self.dtype)(
+                x, train=train
+            )
+        x = UpsampleConv(self.out_channels, self.param_init, self.dtype)(x)
+        x = UpsampleConv(self.out_channels, self.param_init, self.dtype)(x)
+        return resize_bilinear_align_corners(x.astype(jnp.float32), tuple(output_hw))

@@ -7,6 +7,9 @@ n / (n - 1) per update (6/5 for a projector batch of 6, 45/44 for a small featur
 only shows in eval mode. This module keeps Flax's names (`scale`, `bias`; `batch_stats` `mean`,
 `var`) so checkpoints and parameter trees are unchanged, and computes the batch variance in two
 passes (mean of squared deviations), as torch does, instead of E[x^2] - E[x]^2.
+
+Under mixed precision (a bfloat16 input) the statistics, running averages, normalisation and
+affine map are computed in float32 and only the result is cast back to the input's dtype.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: float [..., features] -> float32 [..., features]."""
+        """x: float [..., features] -> [..., features] in x's dtype (computed in float32)."""
         features = x.shape[-1]
         axes = tuple(range(x.ndim - 1))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        out_dtype = x.dtype
         x = x.astype(jnp.float32)
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
@@ -56,4 +60,4 @@ class BatchNorm(nn.Module):
                 keep = self.momentum
                 running_mean.value = keep * running_mean.value + (1.0 - keep) * mean
                 running_var.value = keep * running_var.value + (1.0 - keep) * unbiased
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return ((x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(out_dtype)

@@ -3,6 +3,10 @@
 The codebook and its EMA statistics live in the mutable collection ``'vq'`` (never in ``'params'``),
 so an optimizer over ``params`` cannot touch them and they come out of
 ``apply(..., mutable=['vq'])`` like BatchNorm statistics.
+
+The quantiser is a float32 island under mixed precision: it casts its input to float32, so the
+distances, the assignments, the straight-through codewords, the commitment loss and the EMA
+updates never see bfloat16 (an assignment flipped by rounding would change the token).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ DEAD_CODE_FRACTION = 0.01
 class QuantizerOutput:
     """One quantiser call; ``...`` is the leading shape of the input ``z``."""
 
-    quantized: jax.Array  # float [..., dim]: straight-through codewords z + sg(e - z)
+    quantized: jax.Array  # float32 [..., dim]: straight-through codewords z + sg(e - z)
     indices: jax.Array  # int32 [...]: assigned code of each vector
     commit_loss: jax.Array  # float32 []: commitment_weight * mean((z - sg(e))^2); 0 in eval
     perplexity: jax.Array  # float32 []: exp(entropy) of the batch code-usage histogram
@@ -111,7 +115,7 @@ class VectorQuantizer(nn.Module):
     def __call__(
         self, z: jax.Array, *, train: bool, sample_temperature: float | None = None
     ) -> QuantizerOutput:
-        """Quantise ``z``: float [..., dim].
+        """Quantise ``z``: float [..., dim], in float32 whatever its dtype.
 
         ``sample_temperature=None`` assigns the nearest code; a positive temperature samples
         ``k ~ softmax(-||z - e_k||^2 / temperature)`` with the 'sample' rng (stage-2 tokens).
@@ -122,6 +126,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"z: expected last axis of size {self.dim}, got shape {z.shape}")
         if sample_temperature is not None and sample_temperature <= 0:
             raise ValueError(f"sample_temperature: expected > 0 or None, got {sample_temperature}")
+        z = z.astype(jnp.float32)
         codebook = self.codebook.value
         flat_z = z.reshape(-1, self.dim)
         logits = code_logits(flat_z, codebook)
@@ -132,13 +137,11 @@ class VectorQuantizer(nn.Module):
                 self.make_rng("sample"), logits / sample_temperature, axis=-1
             )
         flat_indices = flat_indices.astype(jnp.int32)
-        codes = jnp.take(codebook, flat_indices, axis=0).reshape(z.shape).astype(z.dtype)
-        codes = jax.lax.stop_gradient(codes)
+        codes = jax.lax.stop_gradient(jnp.take(codebook, flat_indices, axis=0).reshape(z.shape))
 
         quantized = z + jax.lax.stop_gradient(codes - z)
         if train:
-            squared_error = (z.astype(jnp.float32) - codes.astype(jnp.float32)) ** 2
-            commit_loss = self.commitment_weight * jnp.mean(squared_error)
+            commit_loss = self.commitment_weight * jnp.mean((z - codes) ** 2)
         else:
             commit_loss = jnp.zeros((), jnp.float32)
 

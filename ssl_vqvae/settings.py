@@ -71,6 +71,7 @@ class TokenizerSettings(Settings):
     commitment_weight: float
     dead_code: str  # quantizer.DEAD_CODE_MODES: reference | keep (SPEC §7.11)
     init: str  # initializers.SCHEMES: torch | flax (SPEC §7.10)
+    dtype: str  # initializers.COMPUTE_DTYPES: float32 | bfloat16 (compute; params stay float32)
 
 
 @_frozen
@@ -106,6 +107,7 @@ class PriorSettings(Settings):
     masking: str  # config_lib.MASKING_MODES: thesis | standard
     token_sample_temperature: float  # stochastic VQ targets; 0 = argmax
     init: str  # initializers.SCHEMES: torch | flax
+    dtype: str  # initializers.COMPUTE_DTYPES: float32 | bfloat16 (compute; params stay float32)
 
 
 @_frozen

@@ -3,6 +3,10 @@
 Global mean/max pooling of encoder maps, the siamese projector (optionally ending in IterNorm),
 and the Barlow Twins and VIbCReg losses. The losses are plain functions of ``[batch, features]``
 arrays; they hold for any batch of at least two samples.
+
+Under mixed precision only the projector's Dense layers compute in bfloat16: its BatchNorm
+statistics, IterNorm's whitening and both losses (with their cross-correlations) are float32,
+and the projector returns float32.
 """
 
 from __future__ import annotations
@@ -209,6 +213,7 @@ class Projector(nn.Module):
     """Siamese projector g (SPEC §3.3): Dense-BN-ReLU, Dense-BN-ReLU, Dense (+ IterNorm).
 
     Apply it to each view in a separate call so that BatchNorm sees each view's batch alone.
+    The Dense layers compute in `dtype` (initializers.COMPUTE_DTYPES); the output is float32.
     """
 
     hidden_dim: int = 4096
@@ -216,15 +221,17 @@ class Projector(nn.Module):
     use_iternorm: bool = False
     iternorm_groups: int = 64
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool) -> jax.Array:
         """h: float [batch, F] pooled features -> float32 [batch, output_dim]."""
         for _ in range(2):
-            h = initializers.dense(self.hidden_dim, h.shape[-1], self.param_init)(h)
+            h = initializers.dense(self.hidden_dim, h.shape[-1], self.param_init, self.dtype)(h)
             h = BatchNorm(use_running_average=not train)(h)
             h = nn.relu(h)
-        h = initializers.dense(self.output_dim, h.shape[-1], self.param_init)(h)
+        h = initializers.dense(self.output_dim, h.shape[-1], self.param_init, self.dtype)(h)
+        h = h.astype(jnp.float32)
         if self.use_iternorm:
             h = IterNorm(num_groups=self.iternorm_groups)(h, train=train)
         return h

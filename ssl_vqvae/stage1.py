@@ -44,6 +44,7 @@ def build_model(settings: Stage1Settings, length: int, channels: int) -> VQVAE:
         use_iternorm=method == "vibcreg",
         iternorm_groups=config.ssl.iternorm_groups,
         param_init=config.model.init,
+        dtype=config.model.dtype,
     )
 
 

@@ -76,6 +76,7 @@ def build_prior(
         mlp_dim=prior.mlp_dim,
         dropout_rate=prior.dropout_rate,
         param_init=prior.init,
+        dtype=prior.dtype,
     )
 
 

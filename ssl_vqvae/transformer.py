@@ -3,6 +3,14 @@
 Both variants share the embedding stem and the x-transformers-style pre-RMSNorm encoder; they differ
 in how token ids enter (an id table with a mask row vs. a finetuned codebook plus a learned mask
 vector) and in the output head (weight-tied logits plus a per-position bias vs. a plain Dense).
+
+Mixed precision (`dtype`, config `prior.dtype`): "float32", the default, is the reference's
+numerics. "bfloat16" runs the trunk, from `proj_in` to `proj_out` (every q/k/v/out and
+feed-forward Dense and both attention matmuls), in bfloat16 with float32 parameters, so the
+residual stream between blocks is bfloat16. Kept in float32: the embedding stem (lookups,
+position embeddings, `emb_norm`), RMSNorm's normalisation (handed back in bfloat16), the
+attention softmax, and the whole head from `head_dense` to the logits, which are float32 for the
+cross-entropy and the sampler. The casts sit at those boundaries.
 """
 
 import functools
@@ -43,7 +51,7 @@ def _layer_norm(name: str) -> nn.LayerNorm:
 class RMSNorm(nn.Module):
     """`x / max(||x||, eps) * sqrt(dim) * g` over the last axis; `g` starts at 1.
 
-    x: float [..., dim] -> float [..., dim].
+    x: float [..., dim] -> [..., dim] in x's dtype, computed in float32.
     """
 
     epsilon: float = RMS_NORM_EPS
@@ -52,24 +60,28 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
         gain = self.param("scale", nn.initializers.ones, (dim,))
-        sum_sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+        x32 = x.astype(jnp.float32)
+        sum_sq = jnp.sum(jnp.square(x32), axis=-1, keepdims=True)
         # Clamping the squared norm (not the norm) keeps the gradient finite at x = 0, where the
         # derivative of sqrt is infinite; the forward value equals the torch clamp.
         inv_norm = jax.lax.rsqrt(jnp.maximum(sum_sq, self.epsilon**2))
-        return x * inv_norm * jnp.sqrt(jnp.asarray(dim, x.dtype)) * gain
+        y = x32 * inv_norm * jnp.sqrt(jnp.asarray(dim, jnp.float32)) * gain
+        return y.astype(x.dtype)
 
 
 class SelfAttention(nn.Module):
     """Bidirectional multi-head self-attention with bias-free q/k/v/out projections.
 
-    Scores are scaled by `head_dim ** -0.5`; dropout acts on the attention weights.
-    x: float32 [batch, seq, hidden] -> float32 [batch, seq, hidden].
+    Scores are scaled by `head_dim ** -0.5`; dropout acts on the attention weights. Projections
+    and matmuls compute in `dtype`, the softmax in float32.
+    x: float [batch, seq, hidden] -> [batch, seq, hidden] in `dtype`.
     """
 
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -77,21 +89,26 @@ class SelfAttention(nn.Module):
         inner = self.num_heads * self.head_dim
 
         def project(name: str) -> jax.Array:
-            y = initializers.dense(inner, hidden, self.param_init, use_bias=False, name=name)(x)
+            y = initializers.dense(
+                inner, hidden, self.param_init, self.dtype, use_bias=False, name=name
+            )(x)
             return y.reshape(batch, seq, self.num_heads, self.head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.head_dim**-0.5
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * self.head_dim**-0.5
         weights = jax.nn.softmax(scores, axis=-1)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, seq, inner)
-        return initializers.dense(hidden, inner, self.param_init, use_bias=False, name="out")(y)
+        y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        y = y.reshape(batch, seq, inner)
+        return initializers.dense(
+            hidden, inner, self.param_init, self.dtype, use_bias=False, name="out"
+        )(y)
 
 
 class EncoderBlock(nn.Module):
     """Pre-norm block `x + Attn(RMSNorm(x))`, then `x + FF(RMSNorm(x))`; bidirectional attention.
 
-    x: float32 [batch, seq, hidden] -> float32 [batch, seq, hidden].
+    x: [batch, seq, hidden] in `dtype` -> same shape and dtype.
     """
 
     num_heads: int
@@ -99,20 +116,26 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         hidden = x.shape[-1]
         y = RMSNorm(name="attn_norm")(x)
         y = SelfAttention(
-            self.num_heads, self.head_dim, self.dropout_rate, self.param_init, name="attn"
+            self.num_heads,
+            self.head_dim,
+            self.dropout_rate,
+            self.param_init,
+            self.dtype,
+            name="attn",
         )(y, train=train)
         x = x + y
         y = RMSNorm(name="mlp_norm")(x)
-        y = initializers.dense(self.mlp_dim, hidden, self.param_init, name="mlp_in")(y)
+        y = initializers.dense(self.mlp_dim, hidden, self.param_init, self.dtype, name="mlp_in")(y)
         y = nn.gelu(y, approximate=False)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-        y = initializers.dense(hidden, self.mlp_dim, self.param_init, name="mlp_out")(y)
+        y = initializers.dense(hidden, self.mlp_dim, self.param_init, self.dtype, name="mlp_out")(y)
         return x + y
 
 
@@ -123,7 +146,8 @@ class MaskGITTransformer(nn.Module):
     runs). Class id `num_classes` is the null (unconditional) class. `dropout_rate` applies to the
     embeddings, attention weights and feed-forward hidden layer (all 0 in the reference).
     `param_init`: "torch" initialises the Linear layers as the reference does, "flax" uses Flax's
-    defaults; embeddings are N(0, 1) either way, as torch's `nn.Embedding`.
+    defaults; embeddings are N(0, 1) either way, as torch's `nn.Embedding`. `dtype` is the
+    compute dtype of the trunk, "float32" or "bfloat16" (see the module docstring).
     """
 
     codebook_size: int
@@ -138,9 +162,11 @@ class MaskGITTransformer(nn.Module):
     mlp_dim: int = 256
     dropout_rate: float = 0.0
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     def __post_init__(self) -> None:
         _check_variant(self.variant)
+        initializers.compute_dtype(self.dtype)  # fails early on an unknown name
         super().__post_init__()
 
     @nn.compact
@@ -172,9 +198,10 @@ class MaskGITTransformer(nn.Module):
         x = jnp.concatenate([class_emb[:, None, :], x], axis=1)  # [batch, N + 1, embed]
 
         dense = functools.partial(initializers.dense, scheme=self.param_init)
-        h = dense(self.hidden_dim, self.embed_dim, use_bias=False, name="proj_in")(x)
+        trunk = functools.partial(dense, dtype=self.dtype)  # the head and stem: float32
+        h = trunk(self.hidden_dim, self.embed_dim, use_bias=False, name="proj_in")(x)
         hidden_pos = self.param("hidden_pos_emb", EMBED_INIT, (n + 1, self.hidden_dim))
-        h = h + hidden_pos * self.hidden_dim**-0.5
+        h = h + (hidden_pos * self.hidden_dim**-0.5).astype(h.dtype)
         for i in range(self.depth):
             h = EncoderBlock(
                 num_heads=self.num_heads,
@@ -182,10 +209,11 @@ class MaskGITTransformer(nn.Module):
                 mlp_dim=self.mlp_dim,
                 dropout_rate=self.dropout_rate,
                 param_init=self.param_init,
+                dtype=self.dtype,
                 name=f"block_{i}",
             )(h, train=train)
         h = RMSNorm(name="final_norm")(h)
-        x = dense(self.embed_dim, self.hidden_dim, use_bias=False, name="proj_out")(h)
+        x = trunk(self.embed_dim, self.hidden_dim, use_bias=False, name="proj_out")(h)
 
         x = dense(self.embed_dim, self.embed_dim, name="head_dense")(x)
         x = nn.gelu(x, approximate=False)

@@ -118,6 +118,7 @@ STAGE1_RULES: Mapping[str, Rule] = {
     "model.commitment_weight": WEIGHT,
     "model.dead_code": choice(quantizer.DEAD_CODE_MODES),
     "model.init": choice(initializers.SCHEMES),
+    "model.dtype": choice(initializers.COMPUTE_DTYPES),
     "ssl.method": choice(config_lib.SSL_METHODS),
     "ssl.augmentations": NAME,  # names are resolved by `_check_augmentations`
     "ssl.aug_recon_weight": WEIGHT,
@@ -153,6 +154,7 @@ STAGE2_RULES: Mapping[str, Rule] = {
     "prior.masking": choice(config_lib.MASKING_MODES),
     "prior.token_sample_temperature": WEIGHT,  # 0 = argmax targets
     "prior.init": choice(initializers.SCHEMES),
+    "prior.dtype": choice(initializers.COMPUTE_DTYPES),
     "sampling.num_steps": POSITIVE,
     "sampling.choice_temperature": WEIGHT,
     "sampling.guidance_scale": WEIGHT,

@@ -3,6 +3,17 @@
 With a projector (SSL methods) the model also encodes an augmented view, reconstructs it from
 its continuous (unquantised) latents and projects the pooled latents of both views (SPEC §2.6,
 §3.2). Mutable state: `batch_stats` (BatchNorm, IterNorm) and `vq` (the EMA codebook).
+
+Mixed precision (`dtype`, config `model.dtype`): "float32", the default, is the reference's
+numerics. "bfloat16" runs the encoder's and decoder's convolutions and the projector's Dense
+layers in bfloat16 (their activations are bfloat16) while the parameters stay float32, so the
+optimizer updates float32 weights. Kept in float32, where bfloat16's 8-bit mantissa (relative
+rounding 2^-9 ~ 2e-3 per op) would bias or destabilise the result: the STFT / ISTFT and the
+decoder's final resize, BatchNorm statistics and normalisation, the whole vector quantiser
+(distances, assignments, codewords, commitment loss, EMA codebook), IterNorm's whitening, the
+SSL losses and every reconstruction loss. The casts sit at those boundaries: the encoder and
+decoder cast their input to the compute dtype, the quantiser, decoder and projector return
+float32, so every output of this module is float32 whatever `dtype` is.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ class VQVAE(nn.Module):
     """NC-VQVAE tokenizer for series of a fixed `length` and `channels`.
 
     `projector_output_dim = 0` disables the SSL branch (the plain VQ-VAE baseline). `param_init`
-    picks the parameter initialisers: "torch" (the reference's, default) or "flax".
+    picks the parameter initialisers: "torch" (the reference's, default) or "flax". `dtype` is
+    the compute dtype, "float32" or "bfloat16" (see the module docstring).
     """
 
     length: int
@@ -43,8 +55,10 @@ class VQVAE(nn.Module):
     use_iternorm: bool = False
     iternorm_groups: int = 64
     param_init: str = initializers.TORCH
+    dtype: str = initializers.FLOAT32
 
     def setup(self) -> None:
+        initializers.compute_dtype(self.dtype)  # fails early on an unknown name
         num_down = layers.num_downsample_blocks(self.length, self.n_fft, self.downsampled_width)
         self.encoder = layers.Encoder(
             num_down=num_down,
@@ -52,6 +66,7 @@ class VQVAE(nn.Module):
             num_res_blocks=self.num_res_blocks,
             dropout_rate=self.dropout_rate,
             param_init=self.param_init,
+            dtype=self.dtype,
         )
         self.quantizer = VectorQuantizer(
             codebook_size=self.codebook_size,
@@ -67,6 +82,7 @@ class VQVAE(nn.Module):
             num_res_blocks=self.num_res_blocks,
             dropout_rate=self.dropout_rate,
             param_init=self.param_init,
+            dtype=self.dtype,
         )
         if self.projector_output_dim:
             self.projector = Projector(
@@ -75,6 +91,7 @@ class VQVAE(nn.Module):
                 use_iternorm=self.use_iternorm,
                 iternorm_groups=self.iternorm_groups,
                 param_init=self.param_init,
+                dtype=self.dtype,
             )
 
     @property
@@ -90,12 +107,12 @@ class VQVAE(nn.Module):
         return height, layers.encoded_width(width, num_down)
 
     def encode(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        """x: float32 [B, L, C] -> (u [B, H, W, 2C] STFT, z [B, H, W', hidden_dim])."""
+        """x: float32 [B, L, C] -> (u [B, H, W, 2C] STFT, z [B, H, W', hidden_dim] in `dtype`)."""
         u = stft.stft(x, self.n_fft)
         return u, self.encoder(u, train=train)
 
     def decode(self, z: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        """z: [B, H, W', hidden_dim] -> (u_hat [B, H, W, 2C], x_hat [B, 2*floor(L/2), C])."""
+        """z: [B, H, W', hidden_dim] -> float32 (u_hat [B, H, W, 2C], x_hat [B, 2*(L//2), C])."""
         u_hat = self.decoder(z, self.stft_hw, train=train)
         return u_hat, stft.istft(u_hat, self.n_fft)
 

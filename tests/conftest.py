@@ -1,16 +1,32 @@
 """Test-session setup: expose 4 CPU devices so every mesh code path runs sharded."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CLIs run in-process or as children here: keep their compilation cache out of the user's
-# home (tests that exercise the cache set their own folder).
-os.environ.setdefault("SSL_VQVAE_JAX_CACHE", "off")
+# One persistent compilation cache for the whole session, out of the user's home: the CLIs run
+# as children and many tests build the same tiny programs again (new closures, same HLO), so
+# each program compiles once per session. Tests of the cache itself set their own folder.
+_SESSION_CACHE = None
+if "SSL_VQVAE_JAX_CACHE" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="ssl_vqvae_test_jax_cache_")
+    os.environ["SSL_VQVAE_JAX_CACHE"] = _SESSION_CACHE
 
 import pytest  # noqa: E402
+
+from ssl_vqvae import compilation_cache  # noqa: E402
+
+compilation_cache.enable()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Removes the session's compilation cache (when this session made it)."""
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
