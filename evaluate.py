@@ -9,8 +9,9 @@ once per dataset (and epoch count) and cached in `--cache_dir`; interrupted clas
 resumes. Same as `python -m ssl_vqvae.evaluate`.
 """
 
-from ssl_vqvae import cli, evaluate
+from ssl_vqvae import cli, evaluate, huge_pages
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()
     evaluate.define_flags()
     cli.run(evaluate.main)

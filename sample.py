@@ -6,7 +6,8 @@
   python sample.py --workdir=runs/gp --mask_unused_codes  # only codes the train tokens use
 
 Writes `<workdir>/samples/samples.npz` (samples [N, L', C] in the archive's units, labels [N];
-label = num_classes marks unconditional samples) and a PNG of generated vs real series.
+label = num_classes marks unconditional samples) and a PNG of generated vs real series. With
+`--distributed` every process generates its part of each batch and process 0 writes.
 """
 
 import math
@@ -15,7 +16,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from ssl_vqvae import Experiment, cli, layout, plots
+from ssl_vqvae import Experiment, cli, huge_pages, layout, plots, processes
 from ssl_vqvae.data import Split
 from ssl_vqvae.errors import MissingInputError, UserError
 
@@ -56,6 +57,12 @@ def _class_ids(spec: str, num_classes: int) -> list[int | None]:
     return [int(spec)]
 
 
+@processes.main_only
+def _save_samples(path: pathlib.Path, series: np.ndarray, labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, samples=series, labels=labels)
+
+
 def _real_test_split(loaded: Experiment) -> Split | None:
     """The real test series to plot beside the samples, if the dataset can be read here."""
     try:
@@ -74,7 +81,6 @@ def main(argv: list[str]) -> None:
     loaded = Experiment.load(workdir, require_prior=True)
     data = loaded.data
     class_ids = _class_ids(FLAGS.class_id, data.num_classes)
-    output.mkdir(parents=True, exist_ok=True)
     series, labels = [], []
     for class_id in class_ids:
         samples, ids = loaded.sample(
@@ -89,7 +95,7 @@ def main(argv: list[str]) -> None:
         series.append(samples)
         labels.append(ids)
     series, labels = np.concatenate(series), np.concatenate(labels)
-    np.savez(output / "samples.npz", samples=series, labels=labels)
+    _save_samples(output / "samples.npz", series, labels)
     test = _real_test_split(loaded)
     rows = []
     for label in np.unique(labels)[:6]:
@@ -102,4 +108,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()
     cli.run(main)

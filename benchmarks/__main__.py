@@ -9,4 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 
+from ssl_vqvae import huge_pages  # noqa: E402
+
+huge_pages.restart_with_huge_pages()
 suite.main()

@@ -80,6 +80,8 @@ class Case:
       total_flops: the FLOPs of one call, from the compiled executable; by default XLA's cost
         analysis, which counts a while-loop body once whatever its trip count, so rows with
         loops supply their own.
+      extra: more result fields, measured after the timing loop; called with the compiled
+        executable, the steps and repeats of the timing and its median ms/call.
     """
 
     info: dict[str, Any]
@@ -89,6 +91,7 @@ class Case:
     make_call: Callable[[Any], Callable[[], Any]]
     check: Callable[[], None]
     total_flops: Callable[[Any], float] = lambda compiled: analysed_flops(compiled)
+    extra: Callable[[Any, int, int, float], dict[str, Any]] = lambda *timing: {}
 
 
 def environment() -> dict[str, Any]:
@@ -144,7 +147,7 @@ def sample_batches(
 ) -> tuple[list[dict[str, np.ndarray]], float]:
     """NUM_BATCHES batches drawn WITH replacement (a split may hold fewer series than a batch).
 
-    Returns the batches ({"x", "y"[, "x_aug"]}, as `pipeline.BatchIterator` makes them) and the
+    Returns the batches ({"x", "y"[, "x_aug"]}, as `pipeline.BatchRows` makes them) and the
     host time in ms that the augmentations took per batch (0 without augmentations).
     """
     rng = np.random.default_rng(seed)
@@ -179,9 +182,14 @@ def fresh_tokenizer(
 def init_state(
     model: Any, optimizer: optax.GradientTransformation, example: np.ndarray
 ) -> train_state.TrainState:
-    """The trainers' fresh state of `model` for inputs shaped like `example`."""
+    """The trainers' fresh state of `model` for inputs shaped like `example`.
+
+    Jitted, as `train_state.StateFactory.initialise` does it: run eagerly, variables initialised
+    from one another (the quantiser's `embed_sum` from its codebook) share one buffer, which a
+    step donating the state refuses.
+    """
     spec = jax.ShapeDtypeStruct(example.shape, jnp.float32)
-    return train_state.module_init(model, optimizer, spec, train=False)(jax.random.key(0))
+    return jax.jit(train_state.module_init(model, optimizer, spec, train=False))(jax.random.key(0))
 
 
 def fresh_prior(
@@ -388,6 +396,7 @@ def run_case(
     call = case.make_call(compiled)
     timing = measure(call, steps, repeats)
     case.check()
+    extra = case.extra(compiled, steps, repeats, timing["ms"])
     if profile_dir is not None:
         with jax.profiler.trace(str(profile_dir)):
             for _ in range(profile_steps):
@@ -400,6 +409,7 @@ def run_case(
         "steps": steps,
         "repeats": repeats,
         **timing,
+        **extra,
         "samples_per_s": case.samples / seconds,
         "flops": flops,
         "gflop": flops / 1e9,
@@ -429,6 +439,9 @@ COLUMNS = (  # (row key, header, format)
     ("peak_rss_mib", "RSS MiB", "{:.0f}"),
     ("xla_mib", "XLA MiB", "{:.0f}"),
     ("device_peak_mib", "dev MiB", "{:.0f}"),
+    ("wait_ms", "wait ms", "{:.2f}"),
+    ("wait_p90_ms", "wait p90", "{:.2f}"),
+    ("input_overhead", "vs premade", "{:+.1%}"),
 )
 
 

@@ -5,7 +5,7 @@ Builds everything with the library (`stage1.build_model`, `train_state.module_in
 all devices) and times the
 jitted, donated update on real UCR series. Batches are drawn WITH replacement from the train
 split (GunPoint has only 50 train series); the augmented view is made on the host beforehand,
-as `pipeline.BatchIterator` does, and its host cost per batch is the row's `aug_ms`, not part
+as `pipeline.BatchRows` does, and its host cost per batch is the row's `aug_ms`, not part
 of the step time.
 """
 

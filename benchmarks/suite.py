@@ -28,6 +28,7 @@ from typing import Any
 
 import classifiers
 import common
+import input_wait
 import peak
 import sampling
 import stage1
@@ -45,6 +46,9 @@ SAMPLE_COUNTS = (128, 1024)
 Builder = Callable[[common.Context], common.Case]
 ROWS: dict[str, Builder] = {
     **{f"stage1_{m}": lambda c, m=m: stage1.case(c, m) for m in ("none", "barlowtwins", "vibcreg")},
+    "stage1_vibcreg_input": lambda c: input_wait.case(c, prefetch=2, workers=0),
+    "stage1_vibcreg_input_workers": lambda c: input_wait.case(c, prefetch=2, workers=2),
+    "stage1_vibcreg_input_sync": lambda c: input_wait.case(c, prefetch=0, workers=0),
     "stage2_token_index": lambda c: stage2.case(c, "none"),
     "stage2_full_embedding": lambda c: stage2.case(c, "vibcreg"),
     **{

@@ -68,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000  # steps between checkpoints
     # Also save after this long (<= 0: never on time): slow steps never go unsaved long.
     config.train.checkpoint_every_minutes = 10.0
+    # > 0: a jax.profiler trace of this many steps (after the first, compiling one) is written
+    # to <stage>/profile/ (TensorBoard's profile plugin or Perfetto read it).
+    config.train.profile_steps = 0
     config.train.probe_every = 0  # linear probes every N steps (0 = only at the end; SPEC §5.4)
     # True: also the reference's final train-mode probe pass over train then test data, saved in
     # the tokenizer: leaks test-set BN/codebook statistics; for parity only (SPEC §7.12).

@@ -57,4 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000  # steps between checkpoints
     # Also save after this long (<= 0: never on time): slow steps never go unsaved long.
     config.train.checkpoint_every_minutes = 10.0
+    # > 0: a jax.profiler trace of this many steps (after the first, compiling one) is written
+    # to <stage>/profile/ (TensorBoard's profile plugin or Perfetto read it).
+    config.train.profile_steps = 0
     return arguments.apply(config, arg)

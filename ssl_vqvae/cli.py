@@ -8,6 +8,9 @@ unknown config file, argument (`configs/x.py:<argument>`) or field (`--config.a.
 ml_collections loads the config file while absl parses the flags, before `main` runs, and
 reports an unknown field with a long traceback; `check_config_flag` therefore looks at the
 config flags itself first.
+
+`--distributed` connects the processes of a multi-process run (`processes.initialize`) before
+`main` runs, so every entry point can run on several hosts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import NoReturn
 import ml_collections
 from absl import app, flags, logging
 
-from ssl_vqvae import compilation_cache, config_lib
+from ssl_vqvae import compilation_cache, config_lib, processes
 from ssl_vqvae.errors import UserError, did_you_mean
 
 flags.DEFINE_bool(
@@ -30,12 +33,47 @@ flags.DEFINE_bool(
     "Keep compiled programs in the persistent cache (see ssl_vqvae/compilation_cache.py), so a "
     "rerun of the same configuration does not compile again.",
 )
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Connect the processes of a multi-process run first (jax.distributed.initialize): several "
+    "GPU hosts, TPU pods, SLURM jobs, or local CPU processes. Every process takes part in the "
+    "checkpoints; only process 0 writes logs, plots and records and prints. The three flags "
+    "below are detected on SLURM, TPU pods, Open MPI and Kubernetes.",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --distributed: host:port of process 0, reachable from every process (default: "
+    "detected, or $JAX_COORDINATOR_ADDRESS).",
+)
+flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "With --distributed: how many processes (default: detected).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "process_id",
+    None,
+    "With --distributed: this process's index (default: detected).",
+    lower_bound=0,
+)
+flags.register_multi_flags_validator(
+    ["distributed", "coordinator_address", "num_processes", "process_id"],
+    lambda values: (
+        values["distributed"]
+        or all(value is None for name, value in values.items() if name != "distributed")
+    ),
+    "--coordinator_address, --num_processes and --process_id need --distributed",
+)
 
 
 def run(main: Callable[[list[str]], None], config_flag: str | None = None) -> None:
     """`app.run(main)` with one-line errors for bad input and Orbax's INFO logs quieted.
 
-    The persistent compilation cache is on unless `--nocompilation_cache` is given.
+    The persistent compilation cache is on unless `--nocompilation_cache` is given; with
+    `--distributed` the processes are connected first.
 
     Args:
       main: the program, called with the remaining positional arguments (none are allowed).
@@ -50,6 +88,12 @@ def run(main: Callable[[list[str]], None], config_flag: str | None = None) -> No
             if len(argv) > 1:
                 raise UserError(
                     f"unexpected arguments {argv[1:]}; expected only --name=value flags"
+                )
+            if flags.FLAGS.distributed:
+                processes.initialize(
+                    flags.FLAGS.coordinator_address,
+                    flags.FLAGS.num_processes,
+                    flags.FLAGS.process_id,
                 )
             main(argv)
         except UserError as error:

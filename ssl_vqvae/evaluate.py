@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from ssl_vqvae import cli, layout, stft
+from ssl_vqvae import cli, huge_pages, layout, stft
 from ssl_vqvae.api import Experiment
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.errors import UserError
@@ -294,5 +294,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()
     define_flags()
     cli.run(main)

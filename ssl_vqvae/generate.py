@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ssl_vqvae import sampling, sharding
+from ssl_vqvae import processes, sampling, sharding
 from ssl_vqvae.transformer import MaskGITTransformer
 from ssl_vqvae.vqvae import VQVAE
 
@@ -150,7 +150,7 @@ class Generator:
             series = self.generate(
                 prior_params, tokenizer_variables, ids, jax.random.fold_in(rng, index), scale
             )
-            outputs.append(np.asarray(series)[: len(chunk)])
+            outputs.append(processes.to_host(series)[: len(chunk)])
         return np.concatenate(outputs)
 
 

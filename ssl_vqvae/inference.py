@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ssl_vqvae import sharding
+from ssl_vqvae import processes, sharding
 
 
 def padded_batches(
@@ -48,10 +48,10 @@ def apply_in_batches(
       batch_size: rows per call, a multiple of the mesh size.
 
     Returns:
-      the outputs of the N rows, concatenated on the host.
+      the outputs of the N rows, concatenated on the host (in every process).
     """
     outputs = []
     for batch, num_valid in padded_batches({"x": x}, batch_size):
         sharded = sharding.shard_batch(batch, mesh)["x"]
-        outputs.append(np.asarray(fn(variables, sharded))[:num_valid])
+        outputs.append(processes.to_host(fn(variables, sharded))[:num_valid])
     return np.concatenate(outputs)

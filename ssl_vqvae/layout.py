@@ -32,7 +32,7 @@ from typing import Any
 
 import ml_collections
 
-from ssl_vqvae import config_lib, data, pipeline
+from ssl_vqvae import config_lib, data, pipeline, processes
 from ssl_vqvae.errors import MissingInputError, UserError
 
 CONFIG_FILE = "config.json"
@@ -48,6 +48,7 @@ MUTABLE_FIELDS = frozenset(
         "train.eval_every_epochs",
         "train.checkpoint_every",
         "train.checkpoint_every_minutes",
+        "train.profile_steps",
         "train.probe_every",
         "train.plot_every_eval",
         "data.eval_batch_size",
@@ -68,14 +69,12 @@ def stage_dir(workdir: str | pathlib.Path, stage: str) -> pathlib.Path:
 
 def write_config(config: ml_collections.ConfigDict, directory: pathlib.Path) -> None:
     """Stores the requested config as given (never mutated: see `write_resolved`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(config.to_json(indent=2) + "\n")
+    processes.write_once(directory / CONFIG_FILE, config.to_json(indent=2) + "\n")
 
 
 def write_resolved(directory: pathlib.Path, values: dict[str, Any]) -> None:
     """Stores what a stage resolved itself (run id, prior variant, tokenizer location, ...)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RESOLVED_FILE).write_text(json.dumps(values, indent=2) + "\n")
+    processes.write_once(directory / RESOLVED_FILE, json.dumps(values, indent=2) + "\n")
 
 
 def read_resolved(directory: pathlib.Path) -> dict[str, Any]:
@@ -259,15 +258,15 @@ def check_trained(
 def begin_run(check: RunCheck, stage: str) -> str:
     """The writes before training, after every check passed; returns the folder's run id.
 
-    Moves an existing folder aside (`overwrite`), or records accepted changes in
-    HISTORY_FILE and prints them. The run id is kept on resume unless the step budget changed.
+    Moves an existing folder aside (`overwrite`), or records accepted changes in HISTORY_FILE
+    and prints them, in process 0 (the others wait). The run id stays unless the budget changed.
     """
     run_dir, stored = check.run_dir, check.stored
-    if check.overwrite and run_dir.exists():
+    if check.overwrite and run_dir.exists() and processes.is_main():
         moved = _aside_path(run_dir)
         run_dir.rename(moved)
         print(f"[{stage}] --overwrite: moved the previous {run_dir} to {moved}")
-    if check.changes:
+    if check.changes and processes.is_main():
         record = {"time": _now(), "changes": {k: list(v) for k, v in check.changes.items()}}
         with open(run_dir / HISTORY_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -275,6 +274,7 @@ def begin_run(check: RunCheck, stage: str) -> str:
             f"[{stage}] config changes accepted, recorded in {run_dir / HISTORY_FILE}: "
             f"{describe(check.changes)}"
         )
+    processes.barrier(f"begin_run {stage}")
     previous = read_resolved(run_dir).get("run_id") if stored else None
     if previous and not BUDGET_FIELDS & check.changes.keys():
         return previous

@@ -8,10 +8,10 @@ import os
 import pathlib
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from ssl_vqvae import processes
 from ssl_vqvae.errors import TrainingDivergedError
 
 METRICS_FILE = "metrics.jsonl"
@@ -33,7 +33,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str | pathlib.Path, resume_step: int):
         self.workdir = pathlib.Path(workdir)
-        self._active = jax.process_index() == 0
+        self._active = processes.is_main()
         if not self._active:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,20 @@
-"""Deterministic, resumable host-side batching (numpy).
+"""The training stream's batches, made on the host (numpy): sizes, positions and rows.
 
 Batches have a FIXED size so the jitted step compiles once: the stream concatenates one
-shuffled permutation per epoch (every series is seen once per epoch, a batch may straddle two
-epochs), instead of emitting a smaller last batch. The stream position is two integers
-(`epoch`, `position`), saved in checkpoints so an interrupted run resumes exactly.
+shuffled permutation per epoch, `default_rng([seed, epoch]).permutation(N)` (every series is
+seen once per epoch, a batch may straddle two epochs), instead of emitting a smaller last batch.
+Global batch b covers stream positions [b B, (b + 1) B), so it is a pure function of b: grain
+workers make batches in any process and a resumed run starts at any batch. The stream position
+of a batch is two integers (`epoch`, `position`), saved in checkpoints.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+import dataclasses
 
 import numpy as np
 
-from ssl_vqvae import augment
+from ssl_vqvae import augment, sharding
 from ssl_vqvae.data import Split
 from ssl_vqvae.errors import UserError
 
@@ -34,62 +35,79 @@ def global_batch_size(requested: int, num_examples: int, num_devices: int) -> in
     return round_to_devices(min(requested, num_examples), num_devices)
 
 
-class BatchIterator:
-    """Endless stream of shuffled fixed-size batches `{"x", "y"[, "x_aug"]}` from one split.
+def batch_position(index: int, batch_size: int, num_examples: int) -> dict[str, int]:
+    """`{"epoch", "position"}` in the stream at the start of global batch `index`."""
+    epoch, position = divmod(index * batch_size, num_examples)
+    return {"epoch": epoch, "position": position}
 
-    Args:
+
+def batch_index(state: dict[str, int], batch_size: int, num_examples: int) -> int:
+    """The global batch that starts at stream position `state` (inverse of `batch_position`)."""
+    epoch, position = int(state["epoch"]), int(state["position"])
+    start = epoch * num_examples + position
+    if not 0 <= position < num_examples or epoch < 0 or start % batch_size:
+        raise ValueError(
+            f"stream position {state} is not the start of a batch of {batch_size} "
+            f"over {num_examples} series"
+        )
+    return start // batch_size
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchRows:
+    """One process's rows `{"x", "y"[, "x_aug"]}` of global batch `index`: `rows(index)`.
+
+    The input pipeline's map step (picklable, so grain worker processes run it).
+
+    Attributes:
       split: the data to batch.
-      batch_size: global batch size (see `global_batch_size`).
+      batch_size: global batch size (see `global_batch_size`); at most `len(split)`.
       seed: seeds the per-epoch permutations and the augmentations.
-      augmentations: names from `ssl_vqvae.augment`; when given, every batch also holds
-        `x_aug`, one augmented view of each series (SPEC §3.1).
+      augmentations: names from `ssl_vqvae.augment`; when given, the rows also hold `x_aug`,
+        one augmented view of each series (SPEC §3.1). The views of a whole batch are drawn
+        together from `default_rng([seed, epoch, position, 1])` at the batch's start (the
+        augmentations draw per-batch vectors), so with several processes each augments the
+        whole batch and keeps its rows: the stream does not depend on the process count.
+      process_index, process_count: which `sharding.process_rows` of every batch to make.
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, augmentations: Sequence[str] = ()):
-        if batch_size > len(split):
+    split: Split
+    batch_size: int
+    seed: int
+    augmentations: tuple[str, ...] = ()
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        if not 1 <= self.batch_size <= len(self.split):
             raise ValueError(
-                f"batch_size {batch_size} exceeds the {len(split)} series of the split"
+                f"batch_size {self.batch_size} is not in [1, {len(self.split)}], "
+                "the series of the split"
             )
-        self._split = split
-        self._batch_size = batch_size
-        self._seed = seed
-        self._augmentations = tuple(augmentations)
-        self.epoch = 0
-        self.position = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self._split) / self._batch_size)
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self._seed, epoch]).permutation(len(self._split))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
+    def _series(self, index: int, rows: slice) -> np.ndarray:
+        """Indices into the split of `rows` of global batch `index`, in stream order."""
+        stream = index * self.batch_size + np.arange(rows.start, rows.stop)
+        epochs, positions = np.divmod(stream, len(self.split))
+        return np.concatenate(
+            [
+                self._permutation(int(epoch))[positions[epochs == epoch]]
+                for epoch in np.unique(epochs)
+            ]
+        )
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        aug_rng = np.random.default_rng([self._seed, self.epoch, self.position, 1])
-        indices = []
-        needed = self._batch_size
-        while needed:
-            order = self._permutation(self.epoch)[self.position : self.position + needed]
-            indices.append(order)
-            needed -= len(order)
-            self.position += len(order)
-            if self.position == len(self._split):
-                self.epoch, self.position = self.epoch + 1, 0
-        index = np.concatenate(indices)
-        batch = {"x": self._split.x[index], "y": self._split.y[index]}
-        if self._augmentations:
-            batch["x_aug"] = augment.augmented_view(batch["x"], self._augmentations, aug_rng)
-        return batch
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        rows = sharding.process_rows(self.batch_size, self.process_index, self.process_count)
+        if not self.augmentations:
+            series = self._series(index, rows)
+            return {"x": self.split.x[series], "y": self.split.y[series]}
+        series = self._series(index, slice(0, self.batch_size))
+        start = batch_position(index, self.batch_size, len(self.split))
+        rng = np.random.default_rng([self.seed, start["epoch"], start["position"], 1])
+        x = self.split.x[series]
+        views = augment.augmented_view(x, self.augmentations, rng)
+        return {"x": x[rows], "y": self.split.y[series[rows]], "x_aug": views[rows]}

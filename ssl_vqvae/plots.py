@@ -1,4 +1,7 @@
-"""PNG figures written during training and evaluation (matplotlib, headless)."""
+"""PNG figures written during training and evaluation (matplotlib, headless).
+
+Only the main process of a multi-process run draws and writes them (`processes.main_only`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ssl_vqvae import processes  # noqa: E402
 
+
+@processes.main_only
 def plot_series_rows(
     path: str | pathlib.Path,
     rows: Sequence[tuple[str, np.ndarray]],
@@ -33,6 +39,11 @@ def plot_series_rows(
         axes[row, 0].set_ylabel(label, fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
+    save_figure(figure, path)
+
+
+def save_figure(figure: plt.Figure, path: str | pathlib.Path) -> None:
+    """Lays out, writes (creating the folder) and closes a figure."""
     figure.tight_layout()
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)

@@ -138,6 +138,7 @@ class LoopSettings(Settings):
     eval_every_epochs: int
     checkpoint_every: int  # steps
     checkpoint_every_minutes: float  # also save after this long; 0 = never on time
+    profile_steps: int  # > 0: a profiler trace of this many steps
 
 
 @_frozen

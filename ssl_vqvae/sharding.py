@@ -29,22 +29,44 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def process_rows(size: int, process_index: int, process_count: int) -> slice:
+    """The contiguous rows of a global batch of `size` rows that process `process_index` holds.
+
+    np.array_split's rule (the first `size % process_count` processes hold one row more); the
+    mesh orders devices by process, so these are the rows of the process's own devices.
+    """
+    base, extra = divmod(size, process_count)
+    start = process_index * base + min(process_index, extra)
+    return slice(start, start + base + (process_index < extra))
+
+
+def put_process_rows(
+    rows: dict[str, np.ndarray], mesh: Mesh, global_size: int
+) -> dict[str, jax.Array]:
+    """Global arrays of `global_size` rows split over the mesh, from this process's rows.
+
+    Each process passes only its `process_rows` of the global batch.
+    """
+    if global_size % mesh.size:
+        raise ValueError(f"batch of {global_size} does not split over {mesh.size} devices")
+    sharding = batch_sharded(mesh)
+    return {
+        key: jax.make_array_from_process_local_data(
+            sharding, local, (global_size, *local.shape[1:])
+        )
+        for key, local in rows.items()
+    }
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Places a global host batch on the mesh, split along its leading axis.
 
-    Every process builds the same global batch (the pipeline is deterministic) and contributes
-    its own contiguous slice, so the same code serves one host and many.
+    Every process builds the same global batch and contributes its own rows, so the same code
+    serves one host and many.
     """
-    sharding = batch_sharded(mesh)
-    num_processes, index = jax.process_count(), jax.process_index()
-
-    def put(array: np.ndarray) -> jax.Array:
-        if array.shape[0] % mesh.size:
-            raise ValueError(f"batch of {array.shape[0]} does not split over {mesh.size} devices")
-        local = np.array_split(array, num_processes)[index]
-        return jax.make_array_from_process_local_data(sharding, local, array.shape)
-
-    return {key: put(value) for key, value in batch.items()}
+    size = len(next(iter(batch.values())))
+    rows = process_rows(size, jax.process_index(), jax.process_count())
+    return put_process_rows({key: value[rows] for key, value in batch.items()}, mesh, size)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

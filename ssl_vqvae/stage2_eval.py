@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ssl_vqvae import generate, inference, plots, sharding
+from ssl_vqvae import generate, inference, plots, processes, sharding
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.decoding import decoding_config
 from ssl_vqvae.prior_objective import prior_loss, tokenize
@@ -68,7 +68,7 @@ class Stage2Evaluator(Evaluator):
                 batch["y"],
                 jax.random.fold_in(rng, index),
             )
-            losses.append(np.asarray(batch_losses)[:num_valid])
+            losses.append(processes.to_host(batch_losses)[:num_valid])
         self._plot(state, step)
         return {"loss": float(np.mean(np.concatenate(losses)))}
 

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ssl_vqvae import layout, pipeline, sharding, train_state, training
+from ssl_vqvae import input_pipeline, layout, sharding, train_state, training
 from ssl_vqvae.artifacts import ModelSpec
 from ssl_vqvae.data import Split
 
@@ -46,6 +46,7 @@ class Schedule:
             checkpoint_every_minutes=train_settings.checkpoint_every_minutes,
             description=description,
             learning_rate=self.learning_rate,
+            profile_steps=train_settings.profile_steps,
         )
 
 
@@ -58,7 +59,7 @@ class StageRun:
       check: what `layout.check_run_dir` found.
       settings: the validated settings (see `validation.validate`).
       mesh: the device mesh.
-      batches: the training batch stream.
+      batches: the training batch stream (on `mesh`).
       eval_batch_size: global batch size of evaluation passes.
       schedule: step counts and the learning rate.
       optimizer: AdamW under that schedule.
@@ -69,7 +70,7 @@ class StageRun:
     check: layout.RunCheck
     settings: Any
     mesh: Mesh
-    batches: pipeline.BatchIterator
+    batches: input_pipeline.TrainBatches
     eval_batch_size: int
     schedule: Schedule
     optimizer: optax.GradientTransformation
@@ -127,7 +128,9 @@ def prepare(
     check = layout.check_run_dir(workdir, stage, config, overwrite)
     mesh = sharding.make_mesh()
     batch_size, eval_batch_size = layout.batch_sizes(settings.data, len(train_split), mesh.size)
-    batches = pipeline.BatchIterator(train_split, batch_size, settings.seed, augmentations)
+    batches = input_pipeline.TrainBatches(
+        train_split, batch_size, settings.seed, mesh, augmentations
+    )
     schedule = Schedule(settings.train, batches.steps_per_epoch, settings.optim.learning_rate)
     optimizer = train_state.make_optimizer(schedule.learning_rate, settings.optim.weight_decay)
     return StageRun(

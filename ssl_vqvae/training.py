@@ -25,11 +25,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from ssl_vqvae import sharding
+from ssl_vqvae import processes, sharding
 from ssl_vqvae.artifacts import CHECKPOINT_DIR, ModelSpec
 from ssl_vqvae.checkpoints import Checkpointer
+from ssl_vqvae.input_pipeline import TrainBatches
 from ssl_vqvae.metric_log import MetricWriter, check_finite
-from ssl_vqvae.pipeline import BatchIterator
+from ssl_vqvae.profiling import PROFILE_DIR, StepProfiler
 from ssl_vqvae.train_state import Metrics, StateFactory, TrainState
 
 
@@ -49,6 +50,7 @@ class LoopConfig:
     checkpoint_every_minutes: float = 10.0
     description: str = "train"
     learning_rate: Callable[[int], Any] | None = None  # logged as train/learning_rate
+    profile_steps: int = 0  # > 0: a profiler trace of this many steps (see `profiling`)
 
 
 class Evaluator:
@@ -126,7 +128,7 @@ def fit(
     factory: StateFactory,
     spec: ModelSpec,
     train_step: Callable,
-    batches: BatchIterator,
+    batches: TrainBatches,
     mesh: Mesh,
     rng: jax.Array,
     loop: LoopConfig,
@@ -147,7 +149,8 @@ def fit(
       factory: makes the fresh state; only traced abstractly when a checkpoint is restored.
       spec: how to rebuild the model, stored with every checkpoint (see `artifacts`).
       train_step: a step compiled by `train_state.compile_step`.
-      batches: the host-side stream; its position is checkpointed with the state.
+      batches: the stream of batches on `mesh`; its position is checkpointed with the state,
+        and its background work stops when `fit` returns.
       rng: base key; the step folds in the step number itself.
       evaluate: called every `loop.eval_every` steps and at the end with (state, step); returns
         scalars that are logged (and may write plots); its loop state is checkpointed.
@@ -160,6 +163,7 @@ def fit(
         _StopSignals() as stop,
         # Closing waits for the last save, also when a second signal arrives meanwhile.
         contextlib.closing(Checkpointer(workdir / CHECKPOINT_DIR)) as checkpointer,
+        contextlib.closing(batches),
     ):
         state, start, window = _resume(checkpointer, factory, batches, evaluate, mesh, prefix)
         if start >= loop.num_steps:
@@ -175,14 +179,19 @@ def fit(
             desc=loop.description,
             dynamic_ncols=True,
             mininterval=1.0,
+            disable=not processes.is_main(),
         )
+        profiler = StepProfiler(workdir / PROFILE_DIR, loop.profile_steps, start)
         with (
             contextlib.closing(progress),
             contextlib.closing(MetricWriter(workdir, resume_step=start)) as writer,
+            contextlib.closing(profiler),
         ):
             for step in progress:
-                batch = sharding.shard_batch(next(batches), mesh)
+                batch = next(batches)
+                profiler.before(step)
                 state, metrics = train_step(state, batch, rng)
+                profiler.after(step, state)
                 window.append(metrics)
                 done = step + 1
                 if done % loop.log_every == 0 or done == loop.num_steps:
@@ -248,7 +257,7 @@ def fit(
 def _resume(
     checkpointer: Checkpointer,
     factory: StateFactory,
-    batches: BatchIterator,
+    batches: TrainBatches,
     evaluate: Any,
     mesh: Mesh,
     prefix: str,

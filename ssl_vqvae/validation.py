@@ -99,6 +99,7 @@ _TRAIN = {
     "train.eval_every_epochs": POSITIVE,
     "train.checkpoint_every": POSITIVE,
     "train.checkpoint_every_minutes": number(0.0),  # 0 = only every checkpoint_every steps
+    "train.profile_steps": integer(0),  # 0 = no trace
 }
 
 STAGE1_RULES: Mapping[str, Rule] = {

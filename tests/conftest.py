@@ -8,6 +8,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLIs' children start with huge pages already chosen, so they do not restart themselves
+# (`ssl_vqvae.huge_pages`; tests/test_huge_pages.py runs the restart).
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 # One persistent compilation cache for the whole session, out of the user's home: the CLIs run
 # as children and many tests build the same tiny programs again (new closures, same HLO), so
 # each program compiles once per session. Tests of the cache itself set their own folder.

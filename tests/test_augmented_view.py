@@ -38,10 +38,8 @@ def test_round_trip_matches_torch_istft_length_and_values(length):
 def test_pipeline_view_has_the_zero_tail_and_x_does_not():
     """GunPoint (L = 150): the last 6 samples of every x' are 0; x keeps its values."""
     gunpoint = data.load_ucr("GunPoint")
-    batches = pipeline.BatchIterator(
-        gunpoint.train, 16, seed=0, augmentations=("slice_and_shuffle",)
-    )
-    batch = next(batches)
+    rows = pipeline.BatchRows(gunpoint.train, 16, seed=0, augmentations=("slice_and_shuffle",))
+    batch = rows(0)
     assert gunpoint.length % 8 == 6
     np.testing.assert_array_equal(batch["x_aug"][:, -6:], 0.0)
     assert np.all(np.abs(batch["x_aug"][:, -7]) > 0)

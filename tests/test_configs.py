@@ -31,6 +31,7 @@ STAGE1_FIELDS = {
     *("optim.learning_rate", "optim.weight_decay"),
     *("train.num_epochs", "train.num_steps", "train.log_every", "train.eval_every_epochs"),
     *("train.checkpoint_every", "train.checkpoint_every_minutes", "train.probe_every"),
+    "train.profile_steps",
     *("train.reference_probe_pass", "train.plot_every_eval"),
 }
 STAGE2_FIELDS = {
@@ -41,7 +42,7 @@ STAGE2_FIELDS = {
     *("sampling.num_steps", "sampling.choice_temperature", "sampling.guidance_scale"),
     *("sampling.mask_unused_codes", "optim.learning_rate", "optim.weight_decay"),
     *("train.num_epochs", "train.num_steps", "train.log_every", "train.eval_every_epochs"),
-    *("train.checkpoint_every", "train.checkpoint_every_minutes"),
+    *("train.checkpoint_every", "train.checkpoint_every_minutes", "train.profile_steps"),
 }
 TINY_LOOP = {
     "data.batch_size": 16,

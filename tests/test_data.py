@@ -145,30 +145,50 @@ def test_global_batch_size_rules():
         pipeline.global_batch_size(8, 3, 4)
 
 
-def test_iterator_covers_each_epoch_and_is_deterministic():
+def test_batches_cover_each_epoch_and_are_deterministic():
     split = _split()
-    first = pipeline.BatchIterator(split, batch_size=4, seed=3)
-    ids = np.concatenate([next(first)["y"] for _ in range(5)])  # 20 = two epochs
+    first = pipeline.BatchRows(split, batch_size=4, seed=3)
+    ids = np.concatenate([first(index)["y"] for index in range(5)])  # 20 = two epochs
     assert sorted(ids[:10].tolist()) == list(range(10)) == sorted(ids[10:].tolist())
-    second = pipeline.BatchIterator(split, batch_size=4, seed=3)
-    np.testing.assert_array_equal(ids, np.concatenate([next(second)["y"] for _ in range(5)]))
-    other = pipeline.BatchIterator(split, batch_size=4, seed=4)
-    assert not np.array_equal(ids, np.concatenate([next(other)["y"] for _ in range(5)]))
+    second = pipeline.BatchRows(split, batch_size=4, seed=3)
+    np.testing.assert_array_equal(ids, np.concatenate([second(i)["y"] for i in range(5)]))
+    other = pipeline.BatchRows(split, batch_size=4, seed=4)
+    assert not np.array_equal(ids, np.concatenate([other(i)["y"] for i in range(5)]))
+    with pytest.raises(ValueError, match="batch_size 11 is not in"):
+        pipeline.BatchRows(split, batch_size=11, seed=0)
 
 
-def test_iterator_resume_continues_exactly():
-    split = _split()
-    full = pipeline.BatchIterator(split, 4, seed=0, augmentations=("gaussian_noise",))
-    batches = [next(full) for _ in range(6)]
-    partial = pipeline.BatchIterator(split, 4, seed=0, augmentations=("gaussian_noise",))
-    for _ in range(3):
-        next(partial)
-    resumed = pipeline.BatchIterator(split, 4, seed=0, augmentations=("gaussian_noise",))
-    resumed.set_state(partial.get_state())
-    for expected in batches[3:]:
-        got = next(resumed)
-        np.testing.assert_array_equal(got["y"], expected["y"])
-        np.testing.assert_array_equal(got["x_aug"], expected["x_aug"])
+def test_batch_position_and_index_are_inverse():
+    # Batch 7 of 4 over 10 series starts at stream position 28: epoch 2, position 8.
+    assert pipeline.batch_position(7, 4, 10) == {"epoch": 2, "position": 8}
+    for index in range(20):
+        assert pipeline.batch_index(pipeline.batch_position(index, 4, 10), 4, 10) == index
+    for bad in ({"epoch": 0, "position": 3}, {"epoch": 0, "position": 10}):
+        with pytest.raises(ValueError, match="is not the start of a batch of 4 over 10"):
+            pipeline.batch_index(bad, 4, 10)
+
+
+@pytest.mark.parametrize("size, count", [(8, 2), (7, 3), (12, 4), (5, 1)])
+def test_process_rows_split_like_array_split(size, count):
+    rows = np.arange(size)
+    expected = np.array_split(rows, count)
+    for index in range(count):
+        np.testing.assert_array_equal(
+            rows[sharding.process_rows(size, index, count)], expected[index]
+        )
+
+
+@pytest.mark.parametrize("augmentations", [(), ("gaussian_noise",)])
+def test_each_process_makes_its_rows_of_the_same_batches(augmentations):
+    """Two processes' rows, put together, are the one-process batch (views included)."""
+    split = _split(n=10, length=40)
+    whole = pipeline.BatchRows(split, 8, 1, augmentations)
+    halves = [pipeline.BatchRows(split, 8, 1, augmentations, index, 2) for index in range(2)]
+    for index in range(4):
+        parts = [half(index) for half in halves]
+        assert sorted(parts[0]) == sorted(whole(index)) and len(parts[0]["x"]) == 4
+        for key, value in whole(index).items():
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), value)
 
 
 def test_padded_batches_cover_split_once():

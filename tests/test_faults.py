@@ -26,8 +26,8 @@ from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.data import Split
 from ssl_vqvae.errors import UserError
+from ssl_vqvae.input_pipeline import TrainBatches
 from ssl_vqvae.metric_log import MetricWriter, read_metrics
-from ssl_vqvae.pipeline import BatchIterator
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import fault_soak  # noqa: E402
@@ -60,13 +60,14 @@ def _fit(workdir, num_steps=NUM_STEPS, train_step=_toy_step, **loop_options):
     """A fresh process's `fit` of the toy model: new initial state and batch iterator."""
     split = Split(np.arange(24, dtype=np.float32).reshape(24, 1, 1), np.zeros(24, np.int32))
     options = {"log_every": 2, "eval_every": 3, "checkpoint_every": 2, **loop_options}
+    mesh = sharding.make_mesh()
     return training.fit(
         workdir=workdir,
         factory=train_state.StateFactory(_toy_state, jax.random.key(0)),
         spec=TOY_SPEC,
         train_step=train_step,
-        batches=BatchIterator(split, 4, seed=0),
-        mesh=sharding.make_mesh(),
+        batches=TrainBatches(split, 4, seed=0, mesh=mesh),
+        mesh=mesh,
         rng=jax.random.key(0),
         loop=training.LoopConfig(num_steps=num_steps, **options),
         evaluate=lambda state, step: {"params": float(state.params)},

@@ -12,8 +12,8 @@ import pytest
 from ssl_vqvae import artifacts, config_lib, data, sharding, stage1, train_state, training
 from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.data import Split
+from ssl_vqvae.input_pipeline import TrainBatches
 from ssl_vqvae.metric_log import read_metrics
-from ssl_vqvae.pipeline import BatchIterator
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS
 
 TOY_SPEC = ModelSpec("FCN", {"num_classes": 2}, DataInfo("toy", 1, 1, 2, 0.0, 1.0))
@@ -45,7 +45,7 @@ def test_fit_saves_and_returns_the_finalized_state(tmp_path, with_finalize):
         factory=train_state.StateFactory(lambda rng: state, jax.random.key(0)),
         spec=TOY_SPEC,
         train_step=_toy_step,
-        batches=BatchIterator(split, 4, seed=0),
+        batches=TrainBatches(split, 4, seed=0, mesh=mesh),
         mesh=mesh,
         rng=jax.random.key(0),
         loop=loop,

@@ -86,7 +86,7 @@ def tiny_setup(gunpoint):
     model = stage1.build_model(config, gunpoint.length, 1)
     optimizer = train_state.make_optimizer(optax.constant_schedule(1e-3), 1e-3)
     names = ("window_warp", "amplitude_resize")
-    batches = pipeline.BatchIterator(gunpoint.train, 16, seed=0, augmentations=names)
+    batches = pipeline.BatchRows(gunpoint.train, 16, seed=0, augmentations=names)
     state = _init_state(model, optimizer, (16, gunpoint.length, 1), jax.random.key(0))
     step = chex.assert_max_traces(_train_step(model, optimizer, config.ssl), n=1)
     return model, optimizer, step, state, batches
@@ -128,7 +128,7 @@ def test_one_step_on_four_devices_equals_one_device(method, gunpoint):
     # Plain SGD: Adam would blow roundoff-level gradients (biases before BatchNorm) up to +-lr.
     optimizer = optax.sgd(0.1)
     augmentations = () if method == "none" else ("window_warp", "amplitude_resize")
-    batch = next(pipeline.BatchIterator(gunpoint.train, 16, 0, augmentations))
+    batch = pipeline.BatchRows(gunpoint.train, 16, 0, augmentations)(0)
     state = _init_state(model, optimizer, batch["x"].shape, jax.random.key(0))
     assert jax.device_count() == 4
     state4, metrics4 = _step_on(jax.devices(), model, optimizer, config.ssl, state, batch)
@@ -146,9 +146,9 @@ def test_loss_decreases_without_recompiling(tiny_setup, sharded_step):
     mesh = sharding.make_mesh()
     state = sharding.replicate(_copy(state), mesh)
     losses = []
-    for _ in range(30):
+    for index in range(30):
         state, metrics = sharded_step(
-            state, sharding.shard_batch(next(batches), mesh), jax.random.key(2)
+            state, sharding.shard_batch(batches(index), mesh), jax.random.key(2)
         )
         losses.append(float(metrics["time_mse"] + metrics["tf_mse"]))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses

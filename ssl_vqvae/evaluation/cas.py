@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from ssl_vqvae import generate
+from ssl_vqvae import generate, processes
 from ssl_vqvae.evaluation import classifier
 
 if TYPE_CHECKING:
@@ -117,9 +117,14 @@ def load_or_sample_synthetic_train_set(
             if str(stored["key"]) == key:
                 return stored["x"], stored["y"]
     x, y = sample_synthetic_train_set(experiment, counts, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=x, y=y, key=key)
+    _store(path, x=x, y=y, key=np.asarray(key))
     return x, y
+
+
+@processes.main_only
+def _store(path: pathlib.Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
 
 
 def classification_accuracy_score(

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import scipy.special
 
-from ssl_vqvae import artifacts, pipeline, sharding, train_state, training
+from ssl_vqvae import artifacts, input_pipeline, pipeline, sharding, train_state, training
 from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.data import Split, UCRDataset
 from ssl_vqvae.evaluation import fcn_cache
@@ -201,7 +201,7 @@ def fit_classifier(
     mesh = sharding.make_mesh()
     model = FCN(num_classes=num_classes)
     global_batch = pipeline.global_batch_size(batch_size, len(x_train), mesh.size)
-    batches = pipeline.BatchIterator(Split(x_train, y_train), global_batch, seed)
+    batches = input_pipeline.TrainBatches(Split(x_train, y_train), global_batch, seed, mesh)
     per_epoch = batches.steps_per_epoch
     num_steps = num_epochs * per_epoch
     settings = {

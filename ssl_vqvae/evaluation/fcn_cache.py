@@ -4,7 +4,7 @@ A classifier folder holds `settings.json` (what was asked: sizes, epochs, batch,
 of the data, the recipe) and, once training finished, `summary.json`. A later request with the
 same settings reuses the folder (resuming or restoring); one with other settings is refused.
 The FID/IS classifier of a dataset lives in `<cache>/<Dataset>/epochs<E>`, shared by every
-experiment on that dataset.
+experiment on that dataset. In a multi-process run every process checks, process 0 writes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pathlib
 from typing import Any
 
 import numpy as np
+
+from ssl_vqvae import processes
 
 CACHE_ENV = "SSL_VQVAE_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/ssl_vqvae/fcn"
@@ -49,8 +51,7 @@ def claim(workdir: pathlib.Path, settings: dict[str, Any]) -> None:
     """Records the settings of the run in `workdir`, or checks them against the recorded ones."""
     path = workdir / SETTINGS_FILE
     if not path.is_file():
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+        processes.write_once(path, json.dumps(settings, indent=2) + "\n")
         return
     recorded = json.loads(path.read_text())
     mismatch = {
@@ -72,4 +73,4 @@ def read_summary(workdir: pathlib.Path) -> dict[str, Any] | None:
 
 
 def write_summary(workdir: pathlib.Path, summary: dict[str, Any]) -> None:
-    (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    processes.write_once(workdir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -1,5 +1,7 @@
 """Evaluation report: `report.json`, a one-row Markdown table and the evaluation figures.
 
+Written by the main process only (`processes.main_only`).
+
 `report.md` adds notes where a number cannot be read as it stands (`notes`), and gives paths
 relative to the workdir (or to `~`).
 """
@@ -15,7 +17,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ssl_vqvae import plots
+from ssl_vqvae import plots, processes
 from ssl_vqvae.evaluation import classifier
 
 MAX_PLOT_CLASSES = 6
@@ -132,6 +134,7 @@ def display_path(path: str | pathlib.Path, workdir: str | pathlib.Path) -> str:
     return str(path)
 
 
+@processes.main_only
 def write_report(report: Mapping[str, Any], directory: pathlib.Path) -> None:
     """Writes `report.json` (everything) and `report.md` (the table, settings and notes)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -200,6 +203,7 @@ def plot_real_vs_generated(
     plots.plot_series_rows(path, rows, title=title)
 
 
+@processes.main_only
 def plot_feature_pca(
     path: pathlib.Path, real_features: np.ndarray, generated_features: np.ndarray, title: str
 ) -> None:
@@ -213,7 +217,7 @@ def plot_feature_pca(
     axis.set_ylabel(f"PC2 ({ratio[1]:.0%})")
     axis.legend()
     axis.set_title(title, fontsize=9)
-    _save(figure, path)
+    plots.save_figure(figure, path)
 
 
 def codebook_counts(tokens: np.ndarray, codebook_size: int) -> np.ndarray:
@@ -231,6 +235,7 @@ def token_statistics(counts: np.ndarray) -> dict[str, float]:
     }
 
 
+@processes.main_only
 def plot_codebook_usage(path: pathlib.Path, counts: np.ndarray, title: str) -> None:
     """Bar chart of code frequencies."""
     figure, axis = plt.subplots(figsize=(6, 3))
@@ -238,11 +243,4 @@ def plot_codebook_usage(path: pathlib.Path, counts: np.ndarray, title: str) -> N
     axis.set_xlabel("code id")
     axis.set_ylabel("frequency")
     axis.set_title(title, fontsize=9)
-    _save(figure, path)
-
-
-def _save(figure: plt.Figure, path: pathlib.Path) -> None:
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    plots.save_figure(figure, path)
