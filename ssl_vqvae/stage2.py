@@ -135,7 +135,7 @@ def train_and_evaluate(
     moves an existing `stage2/` aside first (see `layout.check_run_dir`).
     """
     settings: Stage2Settings = validation.validate(config)
-    stage1_dir = layout.stage_dir(settings.stage1_workdir or workdir, "stage1")
+    stage1_dir = layout.tokenizer_dir(workdir, {}, override=settings.stage1_workdir)
     stage1_settings = validation.validate(layout.read_config(stage1_dir))
     stage2_dir = layout.stage_dir(workdir, STAGE)
     if (stage2_dir / layout.CONFIG_FILE).is_file() and not overwrite:
