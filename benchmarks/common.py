@@ -205,7 +205,7 @@ def fresh_prior(
     variant = stage2.resolve_variant(config.prior, method)
     convention = stage2.masking_convention(config.prior.masking, variant)
     prior = stage2.build_prior(config.prior, tokenizer, dataset.num_classes, variant)
-    codebook = tokenizer.apply(tokenizer_variables, method=VQVAE.codebook)
+    codebook = tokenizer.apply(tokenizer_variables, method="codebook")
     state = stage2.init_prior(prior, optimizer())(jax.random.key(0), codebook)
     return config, tokenizer, tokenizer_variables, prior, convention, state
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from ssl_vqvae import generate, sharding, train_state
 from ssl_vqvae.decoding import decoding_config
-from ssl_vqvae.vqvae import VQVAE
 
 METHOD = "vibcreg"
 
@@ -36,7 +35,7 @@ def case(context: common.Context, num_samples: int, two_passes: bool) -> common.
     )
     decoding = decoding_config(config.sampling, None)
     generator = generate.make_generator(prior, tokenizer, decoding)
-    params = sharding.replicate(state.params, mesh)
+    params = sharding.replicate(state.model_variables(), mesh)
     tokenizer_variables = sharding.replicate(tokenizer_variables, mesh)
     class_ids = (np.arange(num_samples) % dataset.num_classes).astype(np.int32)
     ids = sharding.shard_batch({"y": class_ids}, mesh)["y"]
@@ -60,7 +59,7 @@ def case(context: common.Context, num_samples: int, two_passes: bool) -> common.
     tokens = sharding.shard_batch(
         {"tokens": np.zeros((num_samples, prior.num_tokens), np.int32)}, mesh
     )["tokens"]
-    decoder = jax.jit(functools.partial(tokenizer.apply, method=VQVAE.decode_tokens))
+    decoder = jax.jit(functools.partial(tokenizer.apply, method="decode_tokens"))
     decoder_flops = common.analysed_flops(decoder.lower(tokenizer_variables, tokens).compile())
 
     def total_flops(compiled: Any) -> float:

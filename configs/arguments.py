@@ -30,6 +30,7 @@ _ARGUMENTS = {
             "model.hidden_dim": 16,
             "model.num_res_blocks": 1,
             "model.codebook_size": 16,
+            "model.hf_codebook_size": 16,
             "ssl.projector_hidden_dim": 32,
             "ssl.projector_output_dim": 32,
             "ssl.iternorm_groups": 4,
@@ -40,7 +41,10 @@ _ARGUMENTS = {
             "prior.depth": 1,
             "prior.head_dim": 16,
             "prior.mlp_dim": 32,
+            "prior.embed_dim": 16,
+            "prior.hf_hidden_dim": 16,
             "sampling.num_steps": 4,
+            "sampling.hf_num_steps": 4,
         },
     },
 }

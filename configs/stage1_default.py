@@ -40,6 +40,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Compute dtype: float32 (the reference's numerics) | bfloat16 (faster on GPUs/TPUs; params,
     # BatchNorm, the quantiser, STFT, SSL and reconstruction losses stay float32).
     config.model.dtype = "float32"
+    # none = NC-VQVAE's one tokenizer | lfhf = TimeVQVAE's LF (STFT bin 0) and HF (bins 1..)
+    # branches, each with its own encoder, codebook and decoder (configs/stage1_timevqvae*.py).
+    config.model.split = "none"
+    # Branch architecture: ncvqvae = NC-VQVAE's and TimeVQVAE 2023's conv stack (SPEC §2.3-§2.5)
+    # | timevqvae = the current TimeVQVAE release's (lfhf only).
+    config.model.codec = "ncvqvae"
+    config.model.stft_window = "hann"  # hann (SPEC §2.1) | rect (TimeVQVAE 2023, SPEC §4.6)
+    config.model.stft_normalized = False  # n_fft ** -0.5 scaling (the TimeVQVAE release)
+    config.model.hf_downsampled_width = 32  # lfhf: the HF branch's latent width (SPEC §4.6)
+    config.model.hf_codebook_size = 32  # lfhf: the HF codebook (codebook_size is the LF one)
+    config.model.codebook_dim = 0  # timevqvae codec: projected codebook space; 0 = hidden_dim
+    config.model.kmeans_init = False  # timevqvae codec: k-means codebook init on the 1st batch
+    config.model.init_dim = 4  # timevqvae codec: width of the first encoder block
 
     config.ssl = ml_collections.ConfigDict()
     # none = plain VQ-VAE (SPEC §2.6); barlowtwins | vibcreg add the SSL loss (SPEC §3).

@@ -23,7 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 128  # test loader (SPEC §1.3)
 
     config.prior = ml_collections.ConfigDict()
-    config.prior.variant = "auto"  # auto = token_index for ssl.method=none, else full_embedding
+    # auto = token_index for ssl.method=none, else full_embedding; two_branch for an LF/HF
+    # tokenizer (model.split=lfhf), whatever its ssl.method.
+    config.prior.variant = "auto"
     config.prior.hidden_dim = 256  # transformer width (SPEC §4)
     config.prior.depth = 4  # transformer layers (SPEC §4)
     config.prior.num_heads = 2  # attention heads (SPEC §4)
@@ -37,6 +39,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Compute dtype: float32 (the reference's numerics) | bfloat16 (the transformer trunk; params,
     # norms' statistics, softmax, logits and the loss stay float32).
     config.prior.dtype = "float32"
+    # The two_branch priors (LF prior: hidden_dim, depth, num_heads above; then the HF prior),
+    # as the TimeVQVAE release defines them (configs/stage2_timevqvae.py).
+    config.prior.embed_dim = 128  # token embedding width of both priors
+    config.prior.ff_mult = 1  # feed-forward inner width int(dim * ff_mult * 2 / 3)
+    config.prior.hf_hidden_dim = 32
+    config.prior.hf_depth = 1
+    config.prior.hf_num_heads = 1
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.num_steps = 10  # iterative decoding steps T (SPEC §4.5)
@@ -44,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sampling.guidance_scale = 1.0  # CFG weight w; 1 = the conditional logits (SPEC §7.5)
     # never sample codes unused by the train split's tokens (dead codes, SPEC §7.11)
     config.sampling.mask_unused_codes = False
+    config.sampling.hf_num_steps = 10  # two_branch: HF decoding steps (num_steps: LF)
+    config.sampling.hf_choice_temperature = 0.0  # two_branch: HF choice temperature
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # AdamW, cosine-annealed to 0 (SPEC §4, §2.7)

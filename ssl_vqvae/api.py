@@ -109,6 +109,11 @@ class Experiment:
         return None if self.prior_model is None else self.prior_model.variables["params"]
 
     @property
+    def prior_variables(self) -> Any:
+        """`{"params", ...}`: what the prior's `apply` and the generator take."""
+        return None if self.prior_model is None else self.prior_model.variables
+
+    @property
     def data(self) -> artifacts.DataInfo:
         """Shape, classes and scaling of the training data (stored with the tokenizer)."""
         return self.tokenizer_model.spec.data
@@ -162,21 +167,27 @@ class Experiment:
 
     def encode(self, series: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Token ids (nearest codes): series [B, L(, C)] -> int32 [B, N], row-major over (H, W')."""
-        return self._apply(VQVAE.tokenize, series, scaled)
+        return self._apply("tokenize", series, scaled)
 
     def represent(self, series: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Pooled quantised latents (the linear-probe features): [B, L(, C)] -> [B, hidden_dim]."""
-        return self._apply(VQVAE.representation, series, scaled)
+        return self._apply("representation", series, scaled)
 
     def decode(self, tokens: np.ndarray, scaled: bool = False) -> np.ndarray:
         """Series from token ids: int [B, N] -> float32 [B, 2*floor(L/2), C]."""
         tokens = np.asarray(tokens)
-        height, width = self.tokenizer.token_grid
-        if tokens.ndim != 2 or tokens.shape[1] != height * width:
-            raise ValueError(f"tokens: expected shape [B, {height * width}], got {tokens.shape}")
-        if tokens.min() < 0 or tokens.max() >= self.tokenizer.codebook_size:
-            raise ValueError(f"tokens: ids must lie in [0, {self.tokenizer.codebook_size})")
-        decode = self._tokenizer_fn(VQVAE.decode_tokens)
+        segments = self.tokenizer.token_segments
+        num_tokens = sum(count for count, _ in segments)
+        if tokens.ndim != 2 or tokens.shape[1] != num_tokens:
+            raise ValueError(f"tokens: expected shape [B, {num_tokens}], got {tokens.shape}")
+        start = 0
+        for count, codebook_size in segments:
+            part = tokens[:, start : start + count]
+            if part.min() < 0 or part.max() >= codebook_size:
+                where = f" {start}..{start + count - 1}" if len(segments) > 1 else ""
+                raise ValueError(f"tokens: ids{where} must lie in [0, {codebook_size})")
+            start += count
+        decode = self._tokenizer_fn("decode_tokens")
         series = np.asarray(decode(self.tokenizer_variables, jnp.asarray(tokens, jnp.int32)))
         return series if scaled else self.data.unscale(series)
 
@@ -216,7 +227,7 @@ class Experiment:
         self._require_prior()
         generator = generate.generator_for(self.prior, self.tokenizer, decoding or self.decoding())
         return generator(
-            self.prior_params,
+            self.prior_variables,
             self.tokenizer_variables,
             np.asarray(class_ids, np.int32),
             rng,

@@ -18,16 +18,18 @@ import jax
 import numpy as np
 
 from ssl_vqvae import sharding
+from ssl_vqvae.branch_prior import TwoBranchPrior
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.errors import MissingInputError, UserError
 from ssl_vqvae.evaluation.fcn import FCN
 from ssl_vqvae.transformer import MaskGITTransformer
+from ssl_vqvae.two_branch import TwoBranchVQVAE
 from ssl_vqvae.vqvae import VQVAE
 
 CHECKPOINT_DIR = "checkpoints"
 # Modules a spec may name: a checkpoint never makes us import or run arbitrary code.
 MODULES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (VQVAE, MaskGITTransformer, FCN)
+    cls.__name__: cls for cls in (VQVAE, TwoBranchVQVAE, MaskGITTransformer, TwoBranchPrior, FCN)
 }
 
 

@@ -17,7 +17,10 @@ import ml_collections
 from ssl_vqvae.errors import MissingInputError, UserError, did_you_mean
 
 SSL_METHODS = ("none", "barlowtwins", "vibcreg")
-PRIOR_VARIANTS = ("auto", "token_index", "full_embedding")
+PRIOR_VARIANTS = ("auto", "token_index", "full_embedding", "two_branch")
+SPLITS = ("none", "lfhf")
+# Branch architectures of an lfhf tokenizer (ssl_vqvae/branch.py).
+CODECS = ("ncvqvae", "timevqvae")
 MASKING_MODES = ("thesis", "standard")
 CONFIG_ARGUMENTS = ("tiny",)  # what may follow the config file name: `configs/x.py:tiny`
 # ssl.method -> the file in configs/ that selects it

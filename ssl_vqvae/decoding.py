@@ -39,4 +39,6 @@ def decoding_config(
         num_steps=sampling.num_steps,
         choice_temperature=sampling.choice_temperature,
         allowed_codes=allowed,
+        hf_num_steps=sampling.hf_num_steps,
+        hf_choice_temperature=sampling.hf_choice_temperature,
     )

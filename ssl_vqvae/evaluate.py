@@ -194,7 +194,7 @@ def evaluate_experiment(
         )
     with progress.phase("codebook usage, report and figures"):
         tokens = exp.encode(dataset.test.x, scaled=True)
-        counts = report.codebook_counts(tokens, exp.tokenizer.codebook_size)
+        counts, token_stats = report.segment_statistics(tokens, exp.tokenizer.token_segments)
         results = {
             "workdir": str(workdir),
             "dataset": dataset.name,
@@ -215,7 +215,7 @@ def evaluate_experiment(
             "cas_num_train": len(cas_result.y),
             "cas_epochs": cas_epochs,
             "cas_steps": cas_result.summary["num_steps"],
-            **report.token_statistics(counts),
+            **token_stats,
         }
         _write_figures(out, dataset, arrays, cas_result, counts)
     results["timings_s"] = progress.timings

@@ -18,8 +18,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ssl_vqvae import processes, sampling, sharding
+from ssl_vqvae.branch_prior import TwoBranchPrior
 from ssl_vqvae.transformer import MaskGITTransformer
+from ssl_vqvae.two_branch import TwoBranchVQVAE
+from ssl_vqvae.two_branch_objective import two_branch_decode
 from ssl_vqvae.vqvae import VQVAE
+
+Prior = MaskGITTransformer | TwoBranchPrior
+Tokenizer = VQVAE | TwoBranchVQVAE
 
 # Per-device batch sizes a generator compiles for: at most 4 programs per mesh, and steps of 4
 # keep a request above the smallest rung padded by under 4x. 512 per device bounds memory as
@@ -38,17 +44,42 @@ class DecodingConfig:
     sample_temperature: float = 1.0
     # Code ids the prior may sample (e.g. those the training tokens use); None = every id.
     allowed_codes: tuple[int, ...] | None = None
+    # Two-branch priors: the HF pass (num_steps and choice_temperature are the LF pass's).
+    hf_num_steps: int = 10
+    hf_choice_temperature: float = 0.0
 
 
 def make_generator(
-    prior: MaskGITTransformer, tokenizer: VQVAE, decoding: DecodingConfig
+    prior: Prior, tokenizer: Tokenizer, decoding: DecodingConfig
 ) -> Callable[..., jax.Array]:
-    """A jitted `generate(prior_params, tokenizer_variables, class_ids, rng, guidance_scale)`.
+    """A jitted `generate(prior_variables, tokenizer_variables, class_ids, rng, guidance_scale)`.
 
     class_ids: int32 [B] (`prior.num_classes` = unconditional); guidance_scale: float [] or
     None (None: one pass per step, no classifier-free guidance). Returns float32 series
-    [B, 2*floor(L/2), C] in the scaled units of the training data.
+    [B, L_out, C] in the scaled units of the training data. A two-branch prior decodes the LF
+    tokens first, then the HF tokens given them (each pass with its own steps and temperature).
     """
+    if isinstance(prior, TwoBranchPrior):
+        if decoding.allowed_codes is not None:
+            raise ValueError("allowed_codes (mask_unused_codes) is not supported for LF/HF priors")
+
+        def generate_two_branch(prior_variables, tokenizer_variables, class_ids, rng, scale):
+            tokens_lf, tokens_hf = two_branch_decode(
+                prior,
+                prior_variables,
+                class_ids,
+                rng=rng,
+                lf_steps=decoding.num_steps,
+                hf_steps=decoding.hf_num_steps,
+                lf_choice_temperature=decoding.choice_temperature,
+                hf_choice_temperature=decoding.hf_choice_temperature,
+                guidance_scale=scale,
+                sample_temperature=decoding.sample_temperature,
+            )
+            tokens = jnp.concatenate([tokens_lf, tokens_hf], axis=1)
+            return tokenizer.apply(tokenizer_variables, tokens, method="decode_tokens")
+
+        return jax.jit(generate_two_branch)
     code_mask = None
     if decoding.allowed_codes is not None:
         allowed = np.asarray(decoding.allowed_codes, np.int64)
@@ -60,8 +91,8 @@ def make_generator(
         code_mask = np.zeros(prior.codebook_size, bool)
         code_mask[allowed] = True
 
-    def generate(prior_params, tokenizer_variables, class_ids, rng, guidance_scale):
-        logits_fn = functools.partial(prior.apply, {"params": prior_params}, train=False)
+    def generate(prior_variables, tokenizer_variables, class_ids, rng, guidance_scale):
+        logits_fn = functools.partial(prior.apply, prior_variables, train=False)
         tokens = sampling.iterative_decode(
             logits_fn,
             class_ids,
@@ -75,7 +106,7 @@ def make_generator(
             sample_temperature=decoding.sample_temperature,
             code_mask=code_mask,
         )
-        return tokenizer.apply(tokenizer_variables, tokens, method=VQVAE.decode_tokens)
+        return tokenizer.apply(tokenizer_variables, tokens, method="decode_tokens")
 
     return jax.jit(generate)
 
@@ -115,8 +146,8 @@ class Generator:
 
     def __init__(
         self,
-        prior: MaskGITTransformer,
-        tokenizer: VQVAE,
+        prior: Prior,
+        tokenizer: Tokenizer,
         decoding: DecodingConfig,
         rungs: tuple[int, ...] = BATCH_RUNGS,
     ) -> None:
@@ -125,7 +156,7 @@ class Generator:
 
     def __call__(
         self,
-        prior_params: Any,
+        prior_variables: Any,
         tokenizer_variables: Any,
         class_ids: np.ndarray,
         rng: jax.Array,
@@ -135,7 +166,7 @@ class Generator:
         """One series per entry of `class_ids` (int [n], n >= 1), batched over the mesh.
 
         guidance_scale: classifier-free guidance weight (see `guidance_argument`); None for no
-        guidance. Returns float32 [n, 2*floor(L/2), C].
+        guidance. Returns float32 [n, L_out, C].
         """
         class_ids = np.asarray(class_ids, np.int32)
         if class_ids.ndim != 1 or class_ids.size == 0:
@@ -148,16 +179,14 @@ class Generator:
             padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[-1], np.int32)])
             ids = sharding.shard_batch({"y": padded}, mesh)["y"]
             series = self.generate(
-                prior_params, tokenizer_variables, ids, jax.random.fold_in(rng, index), scale
+                prior_variables, tokenizer_variables, ids, jax.random.fold_in(rng, index), scale
             )
             outputs.append(processes.to_host(series)[: len(chunk)])
         return np.concatenate(outputs)
 
 
 @functools.lru_cache(maxsize=GENERATOR_CACHE_SIZE)
-def generator_for(
-    prior: MaskGITTransformer, tokenizer: VQVAE, decoding: DecodingConfig
-) -> Generator:
+def generator_for(prior: Prior, tokenizer: Tokenizer, decoding: DecodingConfig) -> Generator:
     """The shared `Generator` of a configuration, so the API, CAS and the stage-2 evaluator
     compile one sampler between them.
 

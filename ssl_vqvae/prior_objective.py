@@ -21,7 +21,7 @@ def tokenize(
         variables,
         x,
         temperature if temperature > 0 else None,
-        method=VQVAE.tokenize,
+        method="tokenize",
         rngs={"sample": rng},
     )
 

@@ -72,6 +72,15 @@ class TokenizerSettings(Settings):
     dead_code: str  # quantizer.DEAD_CODE_MODES: reference | keep (SPEC §7.11)
     init: str  # initializers.SCHEMES: torch | flax (SPEC §7.10)
     dtype: str  # initializers.COMPUTE_DTYPES: float32 | bfloat16 (compute; params stay float32)
+    split: str  # config_lib.SPLITS: none (NC-VQVAE) | lfhf (TimeVQVAE's LF/HF branches)
+    codec: str  # branch.CODECS: ncvqvae (NC-VQVAE / TimeVQVAE 2023) | timevqvae (the release)
+    stft_window: str  # stft.WINDOWS: hann | rect
+    stft_normalized: bool  # scale the STFT by n_fft ** -0.5 (the release)
+    hf_downsampled_width: int  # lfhf: the HF branch's target latent width
+    hf_codebook_size: int  # lfhf: the HF codebook's K (codebook_size is the LF one)
+    codebook_dim: int  # timevqvae codec: projected codebook space
+    kmeans_init: bool  # timevqvae codec: k-means codebook init on the first batch
+    init_dim: int  # timevqvae codec: width of the first encoder block
 
 
 @_frozen
@@ -108,6 +117,12 @@ class PriorSettings(Settings):
     token_sample_temperature: float  # stochastic VQ targets; 0 = argmax
     init: str  # initializers.SCHEMES: torch | flax
     dtype: str  # initializers.COMPUTE_DTYPES: float32 | bfloat16 (compute; params stay float32)
+    # two_branch priors (LF/HF tokenizers): hidden_dim / depth / num_heads are the LF prior's
+    embed_dim: int  # token embedding width of both priors
+    ff_mult: int  # feed-forward inner width int(dim * ff_mult * 2 / 3) of both priors
+    hf_hidden_dim: int
+    hf_depth: int
+    hf_num_heads: int
 
 
 @_frozen
@@ -118,6 +133,8 @@ class DecodingSettings(Settings):
     choice_temperature: float
     guidance_scale: float
     mask_unused_codes: bool  # never sample codes the train split's tokens never use
+    hf_num_steps: int  # two-branch priors: HF decoding steps (num_steps is the LF one's)
+    hf_choice_temperature: float  # two-branch priors: HF choice temperature
 
 
 @_frozen

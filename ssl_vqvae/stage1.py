@@ -18,15 +18,18 @@ from ssl_vqvae import augment, layout, ssl, stage_run, train_state, validation
 from ssl_vqvae.artifacts import DataInfo, ModelSpec
 from ssl_vqvae.settings import SSLSettings, Stage1Settings
 from ssl_vqvae.stage1_eval import Stage1Evaluator, reference_probe_pass
+from ssl_vqvae.two_branch import TwoBranchVQVAE
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS, VQVAE
 
 STAGE = "stage1"
 
 
-def build_model(settings: Stage1Settings, length: int, channels: int) -> VQVAE:
+def build_model(settings: Stage1Settings, length: int, channels: int) -> VQVAE | TwoBranchVQVAE:
     """The tokenizer described by stage-1 settings, for series of `length` x `channels`."""
     config = settings
     method = config.ssl.method
+    if config.model.split == "lfhf":
+        return build_two_branch(settings, length, channels)
     return VQVAE(
         length=length,
         channels=channels,
@@ -45,6 +48,40 @@ def build_model(settings: Stage1Settings, length: int, channels: int) -> VQVAE:
         iternorm_groups=config.ssl.iternorm_groups,
         param_init=config.model.init,
         dtype=config.model.dtype,
+    )
+
+
+def build_two_branch(settings: Stage1Settings, length: int, channels: int) -> TwoBranchVQVAE:
+    """TimeVQVAE's LF/HF tokenizer (`model.split = "lfhf"`) described by stage-1 settings."""
+    model, ssl_settings = settings.model, settings.ssl
+    return TwoBranchVQVAE(
+        length=length,
+        channels=channels,
+        codec=model.codec,
+        n_fft=model.n_fft,
+        window=model.stft_window,
+        normalized=model.stft_normalized,
+        hidden_dim=model.hidden_dim,
+        num_res_blocks=model.num_res_blocks,
+        init_dim=model.init_dim,
+        lf_downsampled_width=model.downsampled_width,
+        hf_downsampled_width=model.hf_downsampled_width,
+        dropout_rate=model.dropout_rate,
+        lf_codebook_size=model.codebook_size,
+        hf_codebook_size=model.hf_codebook_size,
+        codebook_dim=model.codebook_dim or model.hidden_dim,
+        kmeans_init=model.kmeans_init,
+        ema_decay=model.ema_decay,
+        commitment_weight=model.commitment_weight,
+        dead_code=model.dead_code,
+        projector_hidden_dim=ssl_settings.projector_hidden_dim,
+        projector_output_dim=0
+        if ssl_settings.method == "none"
+        else ssl_settings.projector_output_dim,
+        use_iternorm=ssl_settings.method == "vibcreg",
+        iternorm_groups=ssl_settings.iternorm_groups,
+        param_init=model.init,
+        dtype=model.dtype,
     )
 
 
@@ -102,7 +139,49 @@ def stage1_loss(
     return loss, metrics
 
 
-def make_loss_fn(model: VQVAE, ssl_settings: SSLSettings) -> train_state.LossFn:
+def band_losses(codec: str, kind: str, band: dict[str, Any]) -> dict[str, jax.Array]:
+    """Reconstruction terms of one band of a two-branch tokenizer (TimeVQVAE's choices): time
+    MSE for LF and L1 for HF; the 2023 model (codec "ncvqvae") adds the time-frequency MSE."""
+    length = min(band["x"].shape[1], band["x_hat"].shape[1])
+    error = band["x"][:, :length] - band["x_hat"][:, :length]
+    terms = {"time": jnp.mean(error**2) if kind == "lf" else jnp.mean(jnp.abs(error))}
+    if codec == "ncvqvae":
+        terms["tf_mse"] = jnp.mean((band["u"] - band["u_hat"]) ** 2)
+    return terms
+
+
+def two_branch_loss(
+    config: SSLSettings, codec: str, outputs: dict[str, Any]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Total stage-1 loss of a two-branch tokenizer and its terms: both bands' reconstruction
+    and commitment, and with SSL the augmented view's reconstruction and L_SSL (as NC-VQVAE)."""
+    metrics: dict[str, jax.Array] = {}
+    loss = jnp.zeros((), jnp.float32)
+    for kind in ("lf", "hf"):
+        vq = outputs[kind]["vq"]
+        terms = band_losses(codec, kind, outputs[kind])
+        metrics.update({f"{kind}_{name}": value for name, value in terms.items()})
+        metrics.update(
+            {
+                f"{kind}_commit_loss": vq.commit_loss,
+                f"{kind}_perplexity": vq.perplexity,
+                f"{kind}_codebook_usage": vq.usage,
+            }
+        )
+        loss += sum(terms.values()) + vq.commit_loss
+        if "proj" in outputs:
+            aug_terms = band_losses(codec, kind, outputs[f"aug_{kind}"])
+            metrics.update({f"aug_{kind}_{name}": value for name, value in aug_terms.items()})
+            loss += config.aug_recon_weight * sum(aug_terms.values())
+    if "proj" in outputs:
+        metrics["ssl_loss"], terms = ssl_loss(config, outputs["proj"], outputs["proj_aug"])
+        metrics.update(terms)
+        loss += metrics["ssl_loss"]
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def make_loss_fn(model: VQVAE | TwoBranchVQVAE, ssl_settings: SSLSettings) -> train_state.LossFn:
     """`loss_fn(params, variables, batch, rng)` of the tokenizer, in train mode."""
 
     def loss_fn(params, variables, batch, rng):
@@ -115,7 +194,10 @@ def make_loss_fn(model: VQVAE, ssl_settings: SSLSettings) -> train_state.LossFn:
             mutable=list(MUTABLE_COLLECTIONS),
             rngs={"dropout": rng},
         )
-        loss, metrics = stage1_loss(ssl_settings, outputs, batch["x"], x_aug)
+        if isinstance(model, TwoBranchVQVAE):
+            loss, metrics = two_branch_loss(ssl_settings, model.codec, outputs)
+        else:
+            loss, metrics = stage1_loss(ssl_settings, outputs, batch["x"], x_aug)
         return loss, (metrics, new_variables)
 
     return loss_fn
@@ -149,7 +231,7 @@ def train_and_evaluate(
     print(
         f"[stage1] {dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test series "
         f"of length {dataset.length}; ssl={settings.ssl.method}; {num_params:,} params; "
-        f"token grid {model.token_grid}; batch {run.batches.batch_size} on {run.mesh.size} "
+        f"{_tokens_text(model)}; batch {run.batches.batch_size} on {run.mesh.size} "
         f"device(s); {run.schedule.num_steps} steps"
     )
     finalize = None
@@ -177,3 +259,9 @@ def train_and_evaluate(
         ),
         finalize=finalize,
     )
+
+
+def _tokens_text(model: VQVAE | TwoBranchVQVAE) -> str:
+    if isinstance(model, TwoBranchVQVAE):
+        return f"LF token grid {model.grid('lf')}, HF token grid {model.grid('hf')}"
+    return f"token grid {model.token_grid}"

@@ -35,8 +35,8 @@ class Stage1Evaluator(Evaluator):
         self.model, self.dataset, self.config = model, dataset, config
         self.workdir, self.batch_size, self.mesh = workdir, eval_batch_size, mesh
         self.num_steps = num_steps
-        self.reconstruct = jax.jit(functools.partial(model.apply, method=VQVAE.reconstruct))
-        self.represent = jax.jit(functools.partial(model.apply, method=VQVAE.representation))
+        self.reconstruct = jax.jit(functools.partial(model.apply, method="reconstruct"))
+        self.represent = jax.jit(functools.partial(model.apply, method="representation"))
 
     def __call__(self, state: TrainState, step: int) -> dict[str, float]:
         variables = state.model_variables()
@@ -104,7 +104,7 @@ def reference_probe_pass(
             variables,
             x,
             train=True,
-            method=VQVAE.representation,
+            method="representation",
             mutable=list(MUTABLE_COLLECTIONS),
             rngs={"dropout": rng},
         )

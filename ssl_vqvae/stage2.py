@@ -23,11 +23,13 @@ from ssl_vqvae import (
     inference,
     layout,
     sampling,
+    stage2_two_branch,
     stage_run,
     train_state,
     validation,
 )
 from ssl_vqvae.artifacts import ModelSpec
+from ssl_vqvae.errors import UserError
 from ssl_vqvae.prior_objective import prior_loss, tokenize
 from ssl_vqvae.settings import PriorSettings, Stage2Settings
 from ssl_vqvae.stage2_eval import Stage2Evaluator
@@ -37,14 +39,24 @@ from ssl_vqvae.vqvae import VQVAE
 STAGE = "stage2"
 
 
-def resolve_variant(prior: PriorSettings, ssl_method: str) -> str:
-    """The thesis pairs the baseline with the token-index prior and SSL with full-embedding."""
+def resolve_variant(prior: PriorSettings, ssl_method: str, split: str = "none") -> str:
+    """The thesis pairs the baseline with the token-index prior and SSL with full-embedding; an
+    LF/HF tokenizer (split "lfhf") takes the two-branch priors, and only them."""
     if prior.variant not in config_lib.PRIOR_VARIANTS:
         raise ValueError(
             f"prior.variant={prior.variant!r}; expected one of {config_lib.PRIOR_VARIANTS}"
         )
+    two_branch = split == "lfhf"
     if prior.variant == "auto":
+        if two_branch:
+            return "two_branch"
         return "token_index" if ssl_method == "none" else "full_embedding"
+    if two_branch != (prior.variant == "two_branch"):
+        raise UserError(
+            f"config field prior.variant={prior.variant!r} does not fit the stage-1 tokenizer "
+            f"(model.split={split!r}); expected 'auto' or "
+            f"{'two_branch' if two_branch else 'token_index / full_embedding'}"
+        )
     return prior.variant
 
 
@@ -120,9 +132,9 @@ def code_usage(
     reproducible; codes it never picks (e.g. dead codes, SPEC §7.11) are what
     `sampling.mask_unused_codes` keeps the prior from sampling.
     """
-    tokenize_fn = jax.jit(functools.partial(tokenizer.apply, method=VQVAE.tokenize))
+    tokenize_fn = jax.jit(functools.partial(tokenizer.apply, method="tokenize"))
     tokens = inference.apply_in_batches(tokenize_fn, tokenizer_variables, x, batch_size, mesh)
-    return np.bincount(tokens.ravel(), minlength=tokenizer.codebook_size)
+    return np.bincount(tokens.ravel(), minlength=max(size for _, size in tokenizer.token_segments))
 
 
 def train_and_evaluate(
@@ -148,9 +160,14 @@ def train_and_evaluate(
     dataset = layout.load_dataset(stage1_settings.data)
     run = stage_run.prepare(STAGE, config, settings, workdir, overwrite, dataset.train)
     tokenizer = artifacts.load_model(stage1_dir, run.mesh)
-    variant = resolve_variant(settings.prior, stage1_settings.ssl.method)
+    variant = resolve_variant(
+        settings.prior, stage1_settings.ssl.method, stage1_settings.model.split
+    )
     convention = masking_convention(settings.prior.masking, variant)
-    prior = build_prior(settings.prior, tokenizer.module, dataset.num_classes, variant)
+    if variant == "two_branch":
+        prior = stage2_two_branch.build_prior(settings.prior, tokenizer.module, dataset.num_classes)
+    else:
+        prior = build_prior(settings.prior, tokenizer.module, dataset.num_classes, variant)
     usage = code_usage(
         tokenizer.module, tokenizer.variables, dataset.train.x, run.eval_batch_size, run.mesh
     )
@@ -165,19 +182,25 @@ def train_and_evaluate(
         stage1_run_id=layout.read_resolved(stage1_dir).get("run_id"),
         code_usage=usage.tolist(),  # nearest-code histogram of the train split
     )
-    codebook = tokenizer.module.apply(tokenizer.variables, method=VQVAE.codebook)
-    init = init_prior(prior, run.optimizer)
-    num_params = train_state.count_params(jax.eval_shape(init, run.rng, codebook).params)
+    if variant == "two_branch":
+        init_inputs = ()
+        init = stage2_two_branch.init_prior(prior, run.optimizer)
+        loss_fn = stage2_two_branch.make_loss_fn(prior, tokenizer.module, settings.prior)
+    else:
+        init_inputs = (tokenizer.module.apply(tokenizer.variables, method="codebook"),)
+        init = init_prior(prior, run.optimizer)
+        loss_fn = make_loss_fn(prior, tokenizer.module, settings.prior, convention)
+    num_params = train_state.count_params(jax.eval_shape(init, run.rng, *init_inputs).params)
     print(
-        f"[stage2] {dataset.name}: {variant} prior, {num_params:,} params, {prior.num_tokens} "
-        f"tokens x {prior.codebook_size} codes, masking={convention}; batch "
+        f"[stage2] {dataset.name}: {variant} prior, {num_params:,} params, tokens x codes "
+        f"{list(tokenizer.module.token_segments)}, masking={convention}; batch "
         f"{run.batches.batch_size} on {run.mesh.size} device(s); {run.schedule.num_steps} steps"
     )
     return run.fit(
         spec=ModelSpec.of(prior, tokenizer.spec.data),
         init=init,
-        init_inputs=(codebook,),
-        loss_fn=make_loss_fn(prior, tokenizer.module, settings.prior, convention),
+        init_inputs=init_inputs,
+        loss_fn=loss_fn,
         frozen=(tokenizer.variables,),
         evaluate=Stage2Evaluator(
             prior,

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from ssl_vqvae import generate, inference, plots, processes, sharding
+from ssl_vqvae import generate, inference, plots, processes, sharding, stage2_two_branch
+from ssl_vqvae.branch_prior import TwoBranchPrior
 from ssl_vqvae.data import UCRDataset
 from ssl_vqvae.decoding import decoding_config
 from ssl_vqvae.prior_objective import prior_loss, tokenize
@@ -43,11 +44,14 @@ class Stage2Evaluator(Evaluator):
         self.run_dir, self.batch_size, self.mesh = run_dir, eval_batch_size, mesh
         temperature = settings.prior.token_sample_temperature
 
-        def eval_losses(params, tokenizer_variables, x, y, rng):
+        def eval_losses(prior_variables, tokenizer_variables, x, y, rng):
             token_rng, loss_rng = jax.random.split(rng)
             tokens = tokenize(tokenizer, tokenizer_variables, x, temperature, token_rng)
+            params = prior_variables["params"]
             return prior_loss(prior, params, tokens, y, loss_rng, convention, train=False)
 
+        if isinstance(prior, TwoBranchPrior):
+            eval_losses = stage2_two_branch.make_eval_losses(prior, tokenizer, temperature)
         self.eval_losses = jax.jit(eval_losses)
         self.generator = generate.generator_for(
             prior, tokenizer, decoding_config(settings.sampling, code_usage.tolist())
@@ -62,7 +66,7 @@ class Stage2Evaluator(Evaluator):
         ):
             batch = sharding.shard_batch(batch, self.mesh)
             batch_losses = self.eval_losses(
-                state.params,
+                state.model_variables(),
                 self.tokenizer_variables,
                 batch["x"],
                 batch["y"],
@@ -76,7 +80,7 @@ class Stage2Evaluator(Evaluator):
         num_classes = self.dataset.num_classes
         class_ids = np.repeat(np.arange(num_classes), SAMPLES_PER_CLASS_PLOTTED)
         samples = self.generator(
-            state.params,
+            state.model_variables(),
             self.tokenizer_variables,
             class_ids,
             jax.random.key(step),

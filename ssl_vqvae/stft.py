@@ -1,8 +1,10 @@
 """STFT / ISTFT with the conventions of `torch.stft` / `torch.istft` (SPEC §2.1).
 
-Periodic Hann window of length `n_fft`, hop `n_fft // 4`, `center=True` with reflect padding of
-`n_fft // 2` on both sides, one-sided spectrum, no normalisation. Real and imaginary parts are
-stacked as channels: input channel `c` becomes channels `2c` (real) and `2c + 1` (imag).
+Periodic Hann window of length `n_fft` (NC-VQVAE, the current TimeVQVAE) or no window ("rect",
+TimeVQVAE 2023), hop `n_fft // 4`, `center=True` with reflect padding of `n_fft // 2` on both
+sides, one-sided spectrum, by default no normalisation (`normalized=True` scales by
+`n_fft ** -0.5`, as `torch.stft(normalized=True)`; the current TimeVQVAE). Real and imaginary
+parts are stacked as channels: input channel `c` becomes channels `2c` (real) and `2c + 1` (imag).
 
 Because `n_fft` is a multiple of the hop, a frame is `n_fft // hop` consecutive hop-sized blocks,
 so framing and overlap-add are reshapes plus a static loop over those few phases (no gathers,
@@ -39,6 +41,18 @@ def hann_window(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
 
 
+WINDOWS = ("hann", "rect")
+
+
+def window_of(name: str, n_fft: int) -> np.ndarray:
+    """The analysis/synthesis window `name` (one of WINDOWS): float32 [n_fft]."""
+    if name == "hann":
+        return hann_window(n_fft)
+    if name == "rect":
+        return np.ones(n_fft, np.float32)
+    raise ValueError(f"window={name!r}; expected one of {WINDOWS}")
+
+
 def _blocks_to_frames(blocks: jnp.ndarray, num_out: int) -> jnp.ndarray:
     """Frame `t` is blocks `t .. t+3`: [B, nb, hop, C] -> [B, num_out, n_fft, C]."""
     batch, _, hop, channels = blocks.shape
@@ -59,12 +73,16 @@ def _overlap_add(frames: jnp.ndarray, hop: int) -> jnp.ndarray:
     return out.reshape(batch, (width + HOPS_PER_FRAME - 1) * hop, channels)
 
 
-def stft(x: jnp.ndarray, n_fft: int) -> jnp.ndarray:
+def stft(
+    x: jnp.ndarray, n_fft: int, *, window: str = "hann", normalized: bool = False
+) -> jnp.ndarray:
     """Centred one-sided STFT of each channel.
 
     Args:
       x: float32 [batch, length, channels]; `length > n_fft // 2` (reflect padding needs it).
       n_fft: FFT size, a power of 2 >= 4 (window length = n_fft, hop = n_fft // 4).
+      window: one of WINDOWS.
+      normalized: scale the spectrum by `n_fft ** -0.5`.
 
     Returns:
       float32 [batch, n_fft // 2 + 1, 1 + length // hop, 2 * channels]; channel 2c is the real
@@ -83,15 +101,18 @@ def stft(x: jnp.ndarray, n_fft: int) -> jnp.ndarray:
     width = num_frames(length, n_fft)
     num_blocks = width + HOPS_PER_FRAME - 1
     blocks = padded[:, : num_blocks * hop].reshape(batch, num_blocks, hop, channels)
-    frames = _blocks_to_frames(blocks, width) * hann_window(n_fft)[:, None]
-    spec = jnp.fft.rfft(frames, axis=2)  # [B, W, H, C] complex
+    frames = _blocks_to_frames(blocks, width) * window_of(window, n_fft)[:, None]
+    spec = jnp.fft.rfft(frames, axis=2, norm="ortho" if normalized else "backward")
     spec = jnp.stack([spec.real, spec.imag], axis=-1)  # [B, W, H, C, 2]
     spec = spec.reshape(batch, width, half + 1, 2 * channels)
     return jnp.transpose(spec, (0, 2, 1, 3))
 
 
-def istft(u: jnp.ndarray, n_fft: int) -> jnp.ndarray:
-    """Inverse of `stft` with `torch.istft` semantics (no target length).
+def istft(
+    u: jnp.ndarray, n_fft: int, *, window: str = "hann", normalized: bool = False
+) -> jnp.ndarray:
+    """Inverse of `stft` (same `window` and `normalized`) with `torch.istft` semantics (no
+    target length).
 
     Per frame inverse rFFT, window, overlap-add, divide by the overlap-added squared window and
     drop `n_fft // 2` samples at each end.
@@ -113,10 +134,11 @@ def istft(u: jnp.ndarray, n_fft: int) -> jnp.ndarray:
     batch, _, width, two_c = u.shape
     spec = jnp.transpose(u, (0, 2, 1, 3)).reshape(batch, width, half + 1, two_c // 2, 2)
     spec = spec[..., 0] + 1j * spec[..., 1]  # [B, W, H, C]
-    window = hann_window(n_fft)
-    frames = jnp.fft.irfft(spec, n=n_fft, axis=2) * window[:, None]  # [B, W, n_fft, C]
+    weights = window_of(window, n_fft)
+    norm = "ortho" if normalized else "backward"
+    frames = jnp.fft.irfft(spec, n=n_fft, axis=2, norm=norm) * weights[:, None]  # [B, W, n_fft, C]
     signal = _overlap_add(frames, hop)
-    envelope = _window_envelope(window, width, hop)
+    envelope = _window_envelope(weights, width, hop)
     return signal[:, half:-half] / envelope[half:-half, None]
 
 

@@ -120,6 +120,15 @@ STAGE1_RULES: Mapping[str, Rule] = {
     "model.dead_code": choice(quantizer.DEAD_CODE_MODES),
     "model.init": choice(initializers.SCHEMES),
     "model.dtype": choice(initializers.COMPUTE_DTYPES),
+    "model.split": choice(config_lib.SPLITS),
+    "model.codec": choice(config_lib.CODECS),
+    "model.stft_window": choice(stft.WINDOWS),
+    "model.stft_normalized": BOOLEAN,
+    "model.hf_downsampled_width": POSITIVE,
+    "model.hf_codebook_size": integer(2),
+    "model.codebook_dim": integer(0),
+    "model.kmeans_init": BOOLEAN,
+    "model.init_dim": POSITIVE,
     "ssl.method": choice(config_lib.SSL_METHODS),
     "ssl.augmentations": NAME,  # names are resolved by `_check_augmentations`
     "ssl.aug_recon_weight": WEIGHT,
@@ -156,10 +165,17 @@ STAGE2_RULES: Mapping[str, Rule] = {
     "prior.token_sample_temperature": WEIGHT,  # 0 = argmax targets
     "prior.init": choice(initializers.SCHEMES),
     "prior.dtype": choice(initializers.COMPUTE_DTYPES),
+    "prior.embed_dim": POSITIVE,
+    "prior.ff_mult": POSITIVE,
+    "prior.hf_hidden_dim": POSITIVE,
+    "prior.hf_depth": POSITIVE,
+    "prior.hf_num_heads": POSITIVE,
     "sampling.num_steps": POSITIVE,
     "sampling.choice_temperature": WEIGHT,
     "sampling.guidance_scale": WEIGHT,
     "sampling.mask_unused_codes": BOOLEAN,
+    "sampling.hf_num_steps": POSITIVE,
+    "sampling.hf_choice_temperature": WEIGHT,
     **_OPTIM,
     **_TRAIN,
 }
@@ -204,6 +220,7 @@ def validate(
         _check(functools.reduce(getattr, path.split("."), result), path, rule)
     if isinstance(result, settings.Stage1Settings):
         _check_ssl(result.ssl)
+        _check_split(result.model)
     return result
 
 
@@ -223,6 +240,20 @@ def _check_ssl(ssl: settings.SSLSettings) -> None:
         raise UserError(
             f"config field ssl.projector_output_dim={ssl.projector_output_dim} must be "
             f"divisible by ssl.iternorm_groups={ssl.iternorm_groups} (IterNorm groups)"
+        )
+
+
+def _check_split(model: settings.TokenizerSettings) -> None:
+    """The single-branch tokenizer has only NC-VQVAE's codec."""
+    if model.split == "none" and model.codec != "ncvqvae":
+        raise UserError(
+            f"config field model.codec={model.codec!r} needs model.split='lfhf' (the release's "
+            "codec exists only as TimeVQVAE's two branches); expected 'ncvqvae' with split='none'"
+        )
+    if model.codec == "timevqvae" and model.codebook_dim > model.hidden_dim:
+        raise UserError(
+            f"config field model.codebook_dim={model.codebook_dim} must be at most "
+            f"model.hidden_dim={model.hidden_dim} (0 = no projection)"
         )
 
 

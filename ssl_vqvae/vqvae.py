@@ -106,6 +106,12 @@ class VQVAE(nn.Module):
         num_down = layers.num_downsample_blocks(self.length, self.n_fft, self.downsampled_width)
         return height, layers.encoded_width(width, num_down)
 
+    @property
+    def token_segments(self) -> tuple[tuple[int, int], ...]:
+        """((tokens, codebook size),): one segment of ids, all from the one codebook."""
+        height, width = self.token_grid
+        return ((height * width, self.codebook_size),)
+
     def encode(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
         """x: float32 [B, L, C] -> (u [B, H, W, 2C] STFT, z [B, H, W', hidden_dim] in `dtype`)."""
         u = stft.stft(x, self.n_fft)

@@ -27,7 +27,7 @@ def tiny():
     prior = _prior(height * width)
     tokens = jnp.zeros((2, prior.num_tokens), jnp.int32)
     prior_params = prior.init(jax.random.key(1), tokens, jnp.zeros(2, jnp.int32), train=False)
-    return prior, tokenizer, prior_params["params"], tokenizer_variables, sharding.make_mesh()
+    return prior, tokenizer, prior_params, tokenizer_variables, sharding.make_mesh()
 
 
 def _prior(num_tokens: int, depth: int = 1) -> MaskGITTransformer:

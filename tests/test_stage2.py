@@ -130,7 +130,7 @@ def test_guidance_scale_one_skips_null_pass_with_same_samples(loaded):
     assert float(generate.guidance_argument(2.0)) == 2.0
     generator = generate.make_generator(loaded.prior, loaded.tokenizer, loaded.decoding())
     ids = jnp.array([0, 1, 0, 1], jnp.int32)
-    args = (loaded.prior_params, loaded.tokenizer_variables, ids, jax.random.key(5))
+    args = (loaded.prior_variables, loaded.tokenizer_variables, ids, jax.random.key(5))
     one_pass = generator(*args, None)
     two_passes = generator(*args, jnp.float32(1.0))
     np.testing.assert_allclose(one_pass, two_passes, rtol=1e-5, atol=1e-5)

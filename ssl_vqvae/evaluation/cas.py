@@ -101,7 +101,7 @@ def _generator_key(experiment: Experiment, counts: np.ndarray, seed: int) -> str
     )
     digest = hashlib.sha256(settings.encode())
     for leaf in jax.tree.leaves(
-        jax.device_get((experiment.tokenizer_variables, experiment.prior_params))
+        jax.device_get((experiment.tokenizer_variables, experiment.prior_variables))
     ):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()

@@ -225,6 +225,24 @@ def codebook_counts(tokens: np.ndarray, codebook_size: int) -> np.ndarray:
     return np.bincount(np.asarray(tokens).ravel(), minlength=codebook_size)
 
 
+def segment_statistics(
+    tokens: np.ndarray, segments: tuple[tuple[int, int], ...]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Code counts of the first codebook and the statistics of every codebook.
+
+    `segments` is the tokenizer's `token_segments`: NC-VQVAE has one codebook; an LF/HF
+    tokenizer's ids are the LF ids then the HF ids, whose statistics get an `hf_` prefix.
+    """
+    counts, start = [], 0
+    for count, codebook_size in segments:
+        counts.append(codebook_counts(tokens[:, start : start + count], codebook_size))
+        start += count
+    stats = token_statistics(counts[0])
+    for prefix, extra in zip(("hf_",), counts[1:], strict=False):
+        stats.update({f"{prefix}{name}": value for name, value in token_statistics(extra).items()})
+    return counts[0], stats
+
+
 def token_statistics(counts: np.ndarray) -> dict[str, float]:
     """Fraction of codes used and the perplexity `exp(H)` of the code frequencies."""
     probs = counts / counts.sum()
