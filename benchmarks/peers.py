@@ -7,7 +7,7 @@ Each row times one call on both sides, same hyperparameters, same GunPoint batch
 update (forward, loss, backward, AdamW), a stage-2 update (tokenising with the frozen tokenizer
 inside), or the generation of class-conditional series (LF then HF MaskGIT decoding, 10 steps
 each, one prior pass per step, then both decoders). The package side is built as its README
-and trainer do; ours from `configs/stage{1,2}_timevqvae.py` through the library's builders and
+does; ours from `configs/stage{1,2}_timevqvae.py` through the library's builders and
 `train_state.compile_step` / `generate.make_generator`. After a warm-up (our compile timed on
 its own), `--repeats` blocks of `--steps` calls alternate package / project, so a change of
 machine load hits both sides alike. See benchmarks/README.md.
@@ -60,19 +60,21 @@ except ImportError as error:  # the `peers` extra is optional
     MISSING = f"benchmarks.peers: skipped, needs the peers extra: make peers ({error})"
 
 DEFAULT_JSON = pathlib.Path(__file__).resolve().parent / "results" / "peers.json"
-ROWS = {  # row -> (what one call is, batch: series per call)
+ROWS = {  # row -> (what one call is, series per call)
     "stage1_b32": ("stage1", 32),
     "stage1_b128": ("stage1", 128),
     "stage2_b32": ("stage2", 32),
     "stage2_b128": ("stage2", 128),
     "sampling_128": ("sampling", 128),
 }
-DEFAULT_STEPS = {"stage1": 10, "stage2": 10, "sampling": 1}
+DEFAULT_STEPS = {"stage1": 10, "stage2": 10, "sampling": 1}  # a sampling call runs 20 steps
+SIDES = ("package", "project")
 
 
 @dataclasses.dataclass
 class Side:
-    """One side of a row: `call()` runs one call, `sync(out)` waits for its results."""
+    """One side of a row: `call()` runs one call, `sync(out)` waits for its results, `check()`
+    raises unless the last output is finite; `compile_s` is ours only (torch runs eagerly)."""
 
     call: Callable[[], Any]
     sync: Callable[[Any], Any]
@@ -85,53 +87,11 @@ def settings(stage: int) -> Any:
     return validation.validate(config_lib.load_config_file(f"stage{stage}_timevqvae"))
 
 
-# --- the package (PyTorch) ---------------------------------------------------------------------
-
-
-def torch_side(call: Callable[[], Any], params: int, device: str) -> Side:
-    """A torch side: CUDA work is awaited at the end of a block, as JAX's is."""
-    last: dict[str, Any] = {}
-
-    def run() -> Any:
-        last["out"] = call()
-        return last["out"]
-
-    def check() -> None:
-        if not torch.isfinite(last["out"]).all():
-            raise FloatingPointError("package: non-finite output")
-
-    sync = (lambda out: torch.cuda.synchronize()) if device == "cuda" else (lambda out: None)
-    return Side(run, sync, params, check)
-
-
-def trainable(module: Any) -> list[Any]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def package_vqvae(first_x: Any, length: int) -> Any:
-    """`VQVAE(in_channels=1, input_length=L)` after one training forward (k-means codebooks,
-    BatchNorm statistics, and the encoders' token counts that `MaskGIT` reads)."""
-    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        model = VQVAE(in_channels=1, input_length=length).to(first_x.device).train()
-    with torch.no_grad():
-        model(first_x)
-    return model
-
-
-def stage1_loss(out: Any) -> Any:
-    """The package's stage-1 objective (its README's outputs, as its trainer sums them)."""
-    recons, vq = out.recons_loss, out.vq_losses
-    return recons["LF.time"] + recons["HF.time"] + vq["LF"]["loss"] + vq["HF"]["loss"]
-
-
-def package_maskgit(vqvae: Any, num_classes: int, device: str) -> Any:
+def package_maskgit(vqvae: Any, num_classes: int) -> Any:
     """`MaskGIT` exactly as the package's README builds it."""
 
     def prior(hidden: int, layers: int, heads: int) -> Any:
-        return PriorModelConfig(
-            hidden, layers, heads, ff_mult=1, use_rmsnorm=True, p_unconditional=0.2
-        )
+        return PriorModelConfig(hidden, layers, heads, 1, use_rmsnorm=True, p_unconditional=0.2)
 
     return MaskGIT(
         vqvae=vqvae,
@@ -146,50 +106,68 @@ def package_maskgit(vqvae: Any, num_classes: int, device: str) -> Any:
         hf_prior_model_config=prior(32, 1, 1),
         classifier_free_guidance_scale=1.0,
         n_classes=num_classes,
-    ).to(device)
+    )
 
 
-def package_side(
-    kind: str, batches: list[dict[str, Any]], ds: data.UCRDataset, device: str
-) -> Side:
-    """The package's update or sampler, built from the same batches as ours."""
+def package_model(kind: str, x: Any, num_classes: int) -> Any:
+    """`VQVAE(in_channels=1, input_length=L)` after one training forward (k-means codebooks,
+    BatchNorm statistics, the token counts `MaskGIT` reads), or the `MaskGIT` over it."""
+    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        vqvae = VQVAE(in_channels=1, input_length=x.shape[-1]).to(x.device).train()
+        with torch.no_grad():
+            vqvae(x)
+        return vqvae if kind == "stage1" else package_maskgit(vqvae, num_classes).to(x.device)
+
+
+def package_side(kind: str, batches: list[dict], num_classes: int, device: str) -> Side:
+    """The package's update (AdamW over its trainable parameters) or sampler."""
     torch.manual_seed(0)
-    np.random.seed(0)  # the package's training masks draw from numpy's global generator
+    np.random.seed(0)  # its training masks draw from numpy's global generator
     xs = [torch.from_numpy(b["x"].transpose(0, 2, 1).copy()).to(device) for b in batches]
     ys = [torch.from_numpy(b["y"].astype(np.int64))[:, None].to(device) for b in batches]
-    cycle = itertools.cycle(list(zip(xs, ys, strict=True)))
-    vqvae = package_vqvae(xs[0], ds.length)
+    inputs = itertools.cycle(list(zip(xs, ys, strict=True)))
+    model = package_model(kind, xs[0], num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
     optim = settings(1 if kind == "stage1" else 2).optim
-    model = vqvae if kind == "stage1" else package_maskgit(vqvae, ds.num_classes, device).train()
-    params = trainable(model)
-    count = sum(p.numel() for p in params)
-    if kind == "sampling":
-        model.eval()
-        classes = torch.from_numpy(np.arange(len(xs[0])) % ds.num_classes).to(device)
-
-        @torch.no_grad()
-        def sample() -> Any:
-            ids_l, ids_h = model.iterative_decoding(
-                num_samples=len(classes), mode="cosine", class_condition=classes, device=device
-            )
-            lf = model.decode_token_ind_to_timeseries(ids_l, frequency="lf")
-            return lf + model.decode_token_ind_to_timeseries(ids_h, frequency="hf")
-
-        return torch_side(sample, count, device)
     optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    classes = torch.arange(len(xs[0]), device=device) % num_classes
+    last: dict[str, Any] = {}
 
     def step() -> Any:
-        x, y = next(cycle)
-        loss = stage1_loss(model(x)) if kind == "stage1" else model(x, y).total_mask_prediction_loss
+        x, y = next(inputs)
+        if kind == "stage1":
+            out = model(x)  # the loss of its README / trainer
+            recons, vq = out.recons_loss, out.vq_losses
+            loss = recons["LF.time"] + recons["HF.time"] + vq["LF"]["loss"] + vq["HF"]["loss"]
+        else:
+            loss = model(x, y).total_mask_prediction_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
 
-    return torch_side(step, count, device)
+    @torch.no_grad()
+    def sample() -> Any:
+        ids_l, ids_h = model.iterative_decoding(
+            num_samples=len(classes), mode="cosine", class_condition=classes, device=device
+        )
+        lf = model.decode_token_ind_to_timeseries(ids_l, frequency="lf")
+        return lf + model.decode_token_ind_to_timeseries(ids_h, frequency="hf")
 
+    if kind == "sampling":
+        model.eval()
 
-# --- this library (JAX) -----------------------------------------------------------------------
+    def call() -> Any:
+        last["out"] = sample() if kind == "sampling" else step()
+        return last["out"]
+
+    def check() -> None:
+        if not bool(torch.isfinite(last["out"]).all()):
+            raise FloatingPointError(f"package {kind}: non-finite output")
+
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None  # CUDA is asynchronous
+    return Side(call, lambda out: sync(), sum(p.numel() for p in params), check)
 
 
 def project_optimizer(optim: Any) -> optax.GradientTransformation:
@@ -199,26 +177,29 @@ def project_optimizer(optim: Any) -> optax.GradientTransformation:
     )
 
 
-def project_case(kind: str, batches: list[dict[str, Any]], ds: data.UCRDataset) -> common.Case:
-    """Our update or generator as a suite `Case`, on a one-device mesh (torch uses one)."""
+def project_case(kind: str, batches: list[dict], ds: data.UCRDataset) -> common.Case:
+    """Our update or generator as a suite `Case`, on one device (as torch uses one)."""
     mesh = sharding.make_mesh(jax.devices()[:1])
     s1, s2 = settings(1), settings(2)
     tokenizer = stage1.build_model(s1, ds.length, ds.channels)
     rng = jax.random.key(0)
+    # One example row whatever the batch: every row initialises the same program, compiled once
+    # and then read from the persistent cache.
+    tokenizer_state = common.init_state(tokenizer, project_optimizer(s1.optim), ds.train.x[:1])
     if kind == "stage1":
-        optimizer = project_optimizer(s1.optim)
-        state = sharding.replicate(common.init_state(tokenizer, optimizer, batches[0]["x"]), mesh)
-        step = train_state.make_train_step(stage1.make_loss_fn(tokenizer, s1.ssl), optimizer)
+        step = train_state.make_train_step(
+            stage1.make_loss_fn(tokenizer, s1.ssl), project_optimizer(s1.optim)
+        )
+        state = sharding.replicate(tokenizer_state, mesh)
         device_batches = [sharding.shard_batch({"x": b["x"]}, mesh) for b in batches]
         return common.train_case(
             train_state.compile_step(step, mesh), state, device_batches, rng, {}
         )
-    tokenizer_variables = common.init_state(
-        tokenizer, project_optimizer(s1.optim), batches[0]["x"][:1]
-    ).model_variables()
+    tokenizer_variables = tokenizer_state.model_variables()
     prior = stage2_two_branch.build_prior(s2.prior, tokenizer, ds.num_classes)
     optimizer = project_optimizer(s2.optim)
-    state = sharding.replicate(stage2_two_branch.init_prior(prior, optimizer)(rng), mesh)
+    state = jax.jit(stage2_two_branch.init_prior(prior, optimizer))(rng)
+    state = sharding.replicate(state, mesh)
     if kind == "stage2":
         loss_fn = stage2_two_branch.make_loss_fn(prior, tokenizer, s2.prior)
         step = train_state.compile_step(
@@ -227,32 +208,26 @@ def project_case(kind: str, batches: list[dict[str, Any]], ds: data.UCRDataset) 
         device_batches = [sharding.shard_batch(b, mesh) for b in batches]
         return common.train_case(step, state, device_batches, rng, {})
     generator = generate.make_generator(prior, tokenizer, decoding_config(s2.sampling, None))
-    num_samples = len(batches[0]["x"])
-    ids = np.arange(num_samples, dtype=np.int32) % ds.num_classes
-    args = (
-        state.model_variables(),
-        sharding.replicate(tokenizer_variables, mesh),
-        sharding.shard_batch({"y": ids}, mesh)["y"],
-        rng,
-        None,  # guidance None: one prior pass per step (scale 1, the package's cfg 1.0)
-    )
+    ids = np.arange(len(batches[0]["x"]), dtype=np.int32) % ds.num_classes
+    variables = (state.model_variables(), sharding.replicate(tokenizer_variables, mesh))
+    ids = sharding.shard_batch({"y": ids}, mesh)["y"]
     last: dict[str, Any] = {}
 
     def make_call(compiled: Any) -> Callable[[], Any]:
         keys = itertools.cycle(jax.random.split(rng, common.NUM_BATCHES))
 
-        def call() -> Any:
-            last["out"] = compiled(*args[:3], next(keys), None)
+        def call() -> Any:  # guidance None: one prior pass per step (scale 1 = the package's)
+            last["out"] = compiled(*variables, ids, next(keys), None)
             return last["out"]
 
         return call
 
     def check() -> None:
         if not np.all(np.isfinite(np.asarray(last["out"]))):
-            raise FloatingPointError("project: non-finite series")
+            raise FloatingPointError("project sampling: non-finite series")
 
-    count = train_state.count_params(state.params)
-    return common.Case({"params": count}, num_samples, generator, args, make_call, check)
+    info = {"params": train_state.count_params(state.params)}
+    return common.Case(info, len(ids), generator, (*variables, ids, rng, None), make_call, check)
 
 
 def project_side(case: common.Case) -> Side:
@@ -260,38 +235,36 @@ def project_side(case: common.Case) -> Side:
     start = time.perf_counter()
     compiled = case.jitted.lower(*case.args).compile()
     compile_s = time.perf_counter() - start
-    return Side(
-        case.make_call(compiled), jax.block_until_ready, case.info["params"], case.check, compile_s
-    )
-
-
-# --- measurement -------------------------------------------------------------------------------
+    call = case.make_call(compiled)
+    return Side(call, jax.block_until_ready, case.info["params"], case.check, compile_s)
 
 
 def block(side: Side, steps: int) -> None:
+    """`steps` calls, then wait for the last one's results."""
     out = None
     for _ in range(steps):
         out = side.call()
     side.sync(out)
 
 
-def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) -> dict[str, Any]:
-    """Warm-up of each side, then `repeats` timed blocks of `steps` calls, alternating."""
-    sides = {"package": package, "project": project}
+def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) -> dict:
+    """Warm-up of each side (its first call timed alone), then `repeats` rounds of one timed
+    block of `steps` calls per side, package first."""
+    sides = dict(zip(SIDES, (package, project), strict=True))
     first = {name: common._timed(lambda s=side: block(s, 1)) for name, side in sides.items()}
     for side in sides.values():
         block(side, common.WARMUP_CALLS)
-    wall: dict[str, list[float]] = {name: [] for name in sides}
-    cpu: dict[str, list[float]] = {name: [] for name in sides}
+    wall_ms: dict[str, list[float]] = {name: [] for name in SIDES}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in SIDES}
     for _ in range(repeats):
         for name, side in sides.items():
-            seconds, cpu_seconds = common._timed(lambda s=side: block(s, steps))
-            wall[name].append(1000 * seconds / steps)
-            cpu[name].append(1000 * cpu_seconds / steps)
+            wall, cpu = common._timed(lambda s=side: block(s, steps))
+            wall_ms[name].append(1000 * wall / steps)
+            cpu_ms[name].append(1000 * cpu / steps)
     result: dict[str, Any] = {}
     for name, side in sides.items():
         side.check()
-        timing = {**common._spread("ms", wall[name]), **common._spread("cpu_ms", cpu[name])}
+        timing = {**common._spread("ms", wall_ms[name]), **common._spread("cpu_ms", cpu_ms[name])}
         result[name] = {
             **timing,
             "samples_per_s": batch / (timing["ms"] / 1000),
@@ -305,15 +278,16 @@ def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) 
 
 
 def run_row(name: str, ds: data.UCRDataset, steps: int | None, repeats: int, device: str) -> dict:
+    """Builds both sides of row `name` on the same batches and compares them."""
     kind, batch = ROWS[name]
     batches, _ = common.sample_batches(ds.train, batch, seed=0)
-    package = package_side(kind, batches, ds, device)
+    package = package_side(kind, batches, ds.num_classes, device)
     project = project_side(project_case(kind, batches, ds))
     steps = steps or DEFAULT_STEPS[kind]
     result = compare(package, project, steps, repeats, batch)
     if not result["params_equal"]:
         print(
-            f"WARNING {name}: parameter counts differ: package {package.params:,}, "
+            f"WARNING {name}: trainable parameters differ: package {package.params:,}, "
             f"project {project.params:,}"
         )
     return {"row": name, "kind": kind, "batch": batch, "steps": steps, "repeats": repeats, **result}
@@ -336,36 +310,45 @@ HEADER = (
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Two lines per row (package, project): medians and spreads over the blocks."""
+    """Two lines per row (package, project) as aligned text."""
     cells = [list(HEADER)]
     for row in rows:
-        for name in ("package", "project"):
+        for name in SIDES:
             side = row[name]
+            compile_s = "-" if side["compile_s"] is None else f"{side['compile_s']:.1f}"
             cells.append(
                 [row["row"], name, str(row["batch"])]
                 + [f"{side[key]:.1f}" for key in ("ms", "ms_min", "ms_max", "cpu_ms")]
+                + [f"{side['samples_per_s']:.0f}", f"{side['params']:,}", compile_s]
                 + [
-                    f"{side['samples_per_s']:.0f}",
-                    f"{side['params']:,}",
-                    "-" if side["compile_s"] is None else f"{side['compile_s']:.1f}",
                     f"{side['first_call_ms']:.0f}",
-                    f"{row['ratio']:.2f}x" if name == "project" else "",
+                    f"{row['ratio']:.2f}" if name != SIDES[0] else "",
                 ]
             )
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
     return ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
 
 
+def environment(device: str) -> dict[str, Any]:
+    """`common.environment()` and `common.threads()` (after the rows ran), plus torch's side."""
+    return {
+        **common.environment(),
+        **common.threads(),
+        "torch": torch.__version__,
+        "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
-    parser.add_argument(
-        "--rows", default="*", help=f"comma-separated names or patterns: {', '.join(ROWS)}"
-    )
-    parser.add_argument("--steps", type=int, help="timed calls per block (default 10; sampling 1)")
+    parser.add_argument("--rows", default="*", help=f"names or patterns, of {', '.join(ROWS)}")
+    parser.add_argument("--steps", type=int, help="calls per block (default 10; sampling 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per side")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available)"
-    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="torch's (default: cuda if any)")
     parser.add_argument("--json", type=pathlib.Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--dataset", default="GunPoint", help="UCR dataset feeding the rows")
     parser.add_argument("--data_root", default="", help="UCR archive folder, searched first")
@@ -388,38 +371,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = data.load_ucr(args.dataset, args.data_root or None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="peers-cache-") as cache:
-        compilation_cache.enable(cache)  # empty: our compile times are cold
+        compilation_cache.enable(cache)  # empty: every step / generator compile is cold
         for name in args.rows:
             print(f"== {name}", flush=True)
             rows.append(run_row(name, ds, args.steps, args.repeats, device))
-    payload = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, "-m", "benchmarks.peers", *sys.argv[1:]]),
-        "environment": {
-            **common.environment(),
-            **common.threads(),
-            "torch": torch.__version__,
-            "torch_device": device,
-            "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(),
-            "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32,
-            "torch_matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-        },
-        "rows": rows,
-    }
-    env = payload["environment"]
+    env = environment(device)
     print(
-        f"\njax {env['jax']} on {env['backend']} ({env['device_kind']}), XLA Eigen threads "
-        f"{env['xla_eigen_threads']}; torch {env['torch']} on {device}, {env['torch_threads']} "
-        f"threads; host {env['cpu_model']}, {env['affinity_cpus']} CPUs"
-    )
-    print(
-        f"ms per call: median (min, max) over {args.repeats} alternating blocks; "
+        f"\njax {env['jax']} on {env['device_kind']} ({env['backend']}), XLA:CPU Eigen pool "
+        f"{env['xla_eigen_threads']} threads; torch {env['torch']} on {env['torch_device']}, "
+        f"{env['torch_threads']} threads; host {env['cpu_model']}, {env['affinity_cpus']} CPUs"
+        f"\nms per call: median, min, max over {args.repeats} alternating blocks; "
         "pkg/proj = package ms / project ms"
     )
     print("\n".join(table(rows)))
+    payload = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, "-m", "benchmarks.peers", *sys.argv[1:]]),
+        "environment": env,
+        "rows": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    args.json.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

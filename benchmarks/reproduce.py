@@ -31,6 +31,7 @@ from ssl_vqvae.evaluate import evaluate_experiment
 from ssl_vqvae.evaluation import cas, classifier
 
 # variant name -> (stage-1 file in configs/, ssl.augmentations preset or None for the plain VQ-VAE)
+# The thesis's variants (SPEC §5.5), in the order of its tables; all use configs/stage2_maskgit.py.
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "vqvae": ("stage1_vqvae", None),
     "barlowtwins-warp": ("stage1_barlowtwins", "warp"),
@@ -40,7 +41,16 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "vibcreg-slice": ("stage1_vibcreg", "slice"),
     "vibcreg-gauss": ("stage1_vibcreg", "gauss"),
 }
-STAGE2_CONFIG = "stage2_maskgit"  # the one stage-2 file in configs/, for every variant
+# TimeVQVAE's two-branch tokenizer, alone and with SSL; stage 2 is configs/stage2_timevqvae.py.
+TWO_BRANCH_VARIANTS: dict[str, tuple[str, str | None]] = {
+    "timevqvae": ("stage1_timevqvae", None),
+    "timevqvae2023": ("stage1_timevqvae2023", None),
+    "timevqvae-vibcreg-slice": ("stage1_timevqvae_vibcreg", "slice"),
+    "timevqvae-barlowtwins-slice": ("stage1_timevqvae_barlowtwins", "slice"),
+}
+ALL_VARIANTS = {**VARIANTS, **TWO_BRANCH_VARIANTS}
+STAGE2_CONFIG = "stage2_maskgit"  # the stage-2 file of the thesis's variants
+TWO_BRANCH_STAGE2_CONFIG = "stage2_timevqvae"
 DEFAULT_SEEDS = (1, 2, 3, 4)
 WALL_TIME_FILE = "wall_time.json"
 REPORT = ("eval", "report.json")
@@ -91,12 +101,13 @@ def variant_configs(
     variant: str, dataset: str, seed: int, settings: GridSettings
 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(stage-1 config, stage-2 config) of one run."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r}; expected one of {list(VARIANTS)}")
-    stage1_config, augmentations = VARIANTS[variant]
+    if variant not in ALL_VARIANTS:
+        raise ValueError(f"variant {variant!r}; expected one of {list(ALL_VARIANTS)}")
+    stage1_config, augmentations = ALL_VARIANTS[variant]
+    stage2_config = TWO_BRANCH_STAGE2_CONFIG if variant in TWO_BRANCH_VARIANTS else STAGE2_CONFIG
     arg = ":tiny" if settings.tiny else ""
     config1 = config_lib.load_config_file(stage1_config + arg)
-    config2 = config_lib.load_config_file(STAGE2_CONFIG + arg)
+    config2 = config_lib.load_config_file(stage2_config + arg)
     config1.data.dataset, config1.data.root = dataset, settings.data_root
     if augmentations is not None:
         config1.ssl.augmentations = augmentations
@@ -144,9 +155,9 @@ def run_grid(
     Returns:
       One record per run: {"dataset", "variant", "seed", "report", "wall_time", "skipped"}.
     """
-    unknown = [variant for variant in variants if variant not in VARIANTS]
+    unknown = [variant for variant in variants if variant not in ALL_VARIANTS]
     if unknown:
-        raise ValueError(f"variants {unknown}; expected names from {list(VARIANTS)}")
+        raise ValueError(f"variants {unknown}; expected names from {list(ALL_VARIANTS)}")
     grid = [(d, v, s) for d in datasets for v in variants for s in seeds]
     records = []
     for index, (dataset, variant, seed) in enumerate(grid, start=1):
@@ -253,7 +264,9 @@ def results_markdown(
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", sorted(thesis_results.RESULTS["fid"]), "UCR datasets.")
-flags.DEFINE_list("variants", list(VARIANTS), f"Variants, from {list(VARIANTS)}.")
+flags.DEFINE_list(
+    "variants", list(VARIANTS), f"Variants (default: the thesis's), from {list(ALL_VARIANTS)}."
+)
 flags.DEFINE_list("seeds", [str(seed) for seed in DEFAULT_SEEDS], "Seeds (integers).")
 flags.DEFINE_integer("stage1_steps", 0, "Stage-1 steps (0: the config's 1000 epochs).")
 flags.DEFINE_integer("stage2_steps", 0, "Stage-2 steps (0: the config's 1000 epochs).")

@@ -1,4 +1,4 @@
-"""Stage 1: the current TimeVQVAE two-branch tokenizer (`stage1_timevqvae`) , VIbCReg SSL.
+"""Stage 1: the current TimeVQVAE two-branch tokenizer (`stage1_timevqvae`), VIbCReg SSL.
 
 One projector sees the pooled codes of both bands (see ssl_vqvae/two_branch.py for why).
 """

@@ -1,6 +1,7 @@
 """Config files: the loader, the one argument parser, SPEC defaults, variants and field sets."""
 
 import importlib
+import inspect
 import pathlib
 import subprocess
 import sys
@@ -9,12 +10,19 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ssl_vqvae import config_lib
+from ssl_vqvae import config_lib, validation
 from ssl_vqvae.errors import MissingInputError, UserError
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"
 FILES = ("stage1_default", *config_lib.STAGE1_CONFIGS.values(), "stage2_maskgit")
+TWO_BRANCH_FILES = (
+    "stage1_timevqvae",
+    "stage1_timevqvae2023",
+    "stage1_timevqvae_vibcreg",
+    "stage1_timevqvae_barlowtwins",
+    "stage2_timevqvae",
+)
 
 STAGE1_FIELDS = {
     *("stage", "seed"),
@@ -23,6 +31,9 @@ STAGE1_FIELDS = {
     *("model.n_fft", "model.hidden_dim", "model.num_res_blocks", "model.downsampled_width"),
     *("model.dropout_rate", "model.codebook_size", "model.ema_decay"),
     *("model.commitment_weight", "model.dead_code", "model.init", "model.dtype"),
+    *("model.split", "model.codec", "model.stft_window", "model.stft_normalized"),
+    *("model.hf_downsampled_width", "model.hf_codebook_size", "model.codebook_dim"),
+    *("model.kmeans_init", "model.init_dim"),
     *("ssl.method", "ssl.augmentations", "ssl.aug_recon_weight"),
     *("ssl.projector_hidden_dim", "ssl.projector_output_dim", "ssl.iternorm_groups"),
     *("ssl.barlow_off_diagonal_weight", "ssl.barlow_weight"),
@@ -39,8 +50,11 @@ STAGE2_FIELDS = {
     *("prior.variant", "prior.hidden_dim", "prior.depth", "prior.num_heads", "prior.head_dim"),
     *("prior.mlp_dim", "prior.dropout_rate", "prior.p_unconditional", "prior.masking"),
     *("prior.token_sample_temperature", "prior.init", "prior.dtype"),
+    *("prior.embed_dim", "prior.ff_mult", "prior.hf_hidden_dim", "prior.hf_depth"),
+    "prior.hf_num_heads",
     *("sampling.num_steps", "sampling.choice_temperature", "sampling.guidance_scale"),
-    *("sampling.mask_unused_codes", "optim.learning_rate", "optim.weight_decay"),
+    *("sampling.mask_unused_codes", "sampling.hf_num_steps", "sampling.hf_choice_temperature"),
+    *("optim.learning_rate", "optim.weight_decay"),
     *("train.num_epochs", "train.num_steps", "train.log_every", "train.eval_every_epochs"),
     *("train.checkpoint_every", "train.checkpoint_every_minutes", "train.profile_steps"),
 }
@@ -58,6 +72,7 @@ TINY = {
         "model.hidden_dim": 16,
         "model.num_res_blocks": 1,
         "model.codebook_size": 16,
+        "model.hf_codebook_size": 16,
         "ssl.projector_hidden_dim": 32,
         "ssl.projector_output_dim": 32,
         "ssl.iternorm_groups": 4,
@@ -68,7 +83,10 @@ TINY = {
         "prior.depth": 1,
         "prior.head_dim": 16,
         "prior.mlp_dim": 32,
+        "prior.embed_dim": 16,
+        "prior.hf_hidden_dim": 16,
         "sampling.num_steps": 4,
+        "sampling.hf_num_steps": 4,
     },
 }
 
@@ -172,7 +190,7 @@ def test_loader_reports_missing_files_and_files_without_get_config(tmp_path):
         config_lib.load_config_file(str(missing.parent / "helpers.py"))
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", FILES + TWO_BRANCH_FILES)
 def test_every_file_rejects_an_unknown_argument_in_one_line(name):
     with pytest.raises(UserError) as error:
         config_lib.load_config_file(f"{name}:tnyi")
@@ -182,7 +200,7 @@ def test_every_file_rejects_an_unknown_argument_in_one_line(name):
     assert message.endswith("did you mean 'tiny'?")
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", FILES + TWO_BRANCH_FILES)
 def test_tiny_shrinks_each_stage_and_only_through_the_parser(name, arguments):
     default = config_lib.load_config_file(name)
     flat, tiny = config_lib.flatten(default), _flat(f"{name}:tiny")
@@ -215,7 +233,47 @@ def test_method_files_cover_every_ssl_method():
     assert set(config_lib.STAGE1_CONFIGS) == set(config_lib.SSL_METHODS)
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", FILES + TWO_BRANCH_FILES)
 def test_field_sets_are_pinned(name):
     flat = _flat(name)
     assert set(flat) == (STAGE1_FIELDS if flat["stage"] == "stage1" else STAGE2_FIELDS)
+
+
+@pytest.mark.parametrize("name", TWO_BRANCH_FILES)
+@pytest.mark.parametrize("arg", ["", ":tiny"])
+def test_two_branch_files_validate(name, arg):
+    settings = validation.validate(config_lib.load_config_file(f"{name}{arg}"))
+    if settings.stage == "stage1":
+        assert settings.model.split == "lfhf"
+    else:
+        assert settings.prior.variant == "two_branch"
+
+
+def test_release_config_is_the_installed_packages_defaults():
+    """configs/stage1_timevqvae.py against `timevqvae.vqvae.VQVAE`'s own defaults."""
+    vqvae = pytest.importorskip("timevqvae.vqvae", reason="needs the peers extra: make peers")
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(vqvae.VQVAE.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    model = config_lib.load_config_file("stage1_timevqvae").model
+    assert {
+        "n_fft": model.n_fft,
+        "init_dim": model.init_dim,
+        "hid_dim": model.hidden_dim,
+        "downsampled_width_l": model.downsampled_width,
+        "downsampled_width_h": model.hf_downsampled_width,
+        "encoder_n_resnet_blocks": model.num_res_blocks,
+        "decoder_n_resnet_blocks": model.num_res_blocks,
+        "codebook_size_l": model.codebook_size,
+        "codebook_size_h": model.hf_codebook_size,
+        "kmeans_init": model.kmeans_init,
+        "codebook_dim": model.codebook_dim,
+    } == defaults
+    quantizer = inspect.signature(
+        pytest.importorskip("timevqvae.vector_quantization").VectorQuantize
+    )
+    assert quantizer.parameters["decay"].default == model.ema_decay
+    encoder = inspect.signature(pytest.importorskip("timevqvae.models.vq_vae_encdec").VQVAEEncoder)
+    assert encoder.parameters["dropout"].default == model.dropout_rate
