@@ -57,9 +57,15 @@ ucr-data: install
 # and benchmarks/results/latest.json. Flags go through BENCH_ARGS, e.g.
 # `make bench BENCH_ARGS="--rows=stage1_* --repeats=3"`, `make bench BENCH_ARGS=--tiny`.
 BENCH_ARGS ?=
-.PHONY: bench
+.PHONY: bench bench-peers
 bench: install
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The released PyTorch TimeVQVAE next to this project's two-branch model, alternating blocks in
+# one process (benchmarks/README.md, "Peers"); e.g. PEERS_ARGS="--rows=stage1_b32 --repeats=3".
+PEERS_ARGS ?=
+bench-peers: install
+	$(PY) -m benchmarks.peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,7 +1,7 @@
 """The released PyTorch TimeVQVAE (`timevqvae` 1.0.1) against this library's two-branch model.
 
     python -m benchmarks.peers [--rows=stage1_b32,...] [--steps=N] [--repeats=5]
-        [--device=cpu|cuda] [--json=benchmarks/results/peers.json]
+        [--device=cpu|cuda] [--torch_threads=N] [--json=benchmarks/results/peers.json]
 
 Each row times one call on both sides, same hyperparameters, same GunPoint batches: a stage-1
 update (forward, loss, backward, AdamW), a stage-2 update (tokenising with the frozen tokenizer
@@ -21,6 +21,7 @@ import datetime
 import fnmatch
 import itertools
 import json
+import os
 import pathlib
 import shlex
 import sys
@@ -334,6 +335,7 @@ def environment(device: str) -> dict[str, Any]:
     return {
         **common.environment(),
         **common.threads(),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),  # see ssl_vqvae.huge_pages
         "torch": torch.__version__,
         "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -349,12 +351,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="calls per block (default 10; sampling 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per side")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="torch's (default: cuda if any)")
+    parser.add_argument(
+        "--torch_threads", type=int, help="torch.set_num_threads (default: its own)"
+    )
     parser.add_argument("--json", type=pathlib.Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--dataset", default="GunPoint", help="UCR dataset feeding the rows")
     parser.add_argument("--data_root", default="", help="UCR archive folder, searched first")
     args = parser.parse_args(argv)
-    if min(args.steps or 1, args.repeats) < 1:
-        parser.error("--steps and --repeats must be >= 1")
+    if min(args.steps or 1, args.repeats, args.torch_threads or 1) < 1:
+        parser.error("--steps, --repeats and --torch_threads must be >= 1")
     patterns = [p.strip() for p in args.rows.split(",") if p.strip()]
     args.rows = [name for name in ROWS if any(fnmatch.fnmatch(name, p) for p in patterns)]
     if not args.rows:
@@ -368,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(MISSING)
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     ds = data.load_ucr(args.dataset, args.data_root or None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="peers-cache-") as cache:
@@ -387,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, "-m", "benchmarks.peers", *sys.argv[1:]]),
+        "args": {**vars(args), "json": str(args.json)},
         "environment": env,
         "rows": rows,
     }
