@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_vqvae import config_lib, initializers, layers, release_codec, stft
+from ssl_vqvae import config_lib, initializers, release_codec, stft
 from ssl_vqvae.projected_quantizer import ProjectedQuantizer
-from ssl_vqvae.quantizer import QuantizerOutput, VectorQuantizer
+from ssl_vqvae.quantizer import QuantizerOutput
+from ssl_vqvae.vqvae import conv_codec
 
 KINDS = ("lf", "hf")
 CODECS = config_lib.CODECS
@@ -60,31 +61,7 @@ class Branch(nn.Module):
         if self.codec not in CODECS:
             raise ValueError(f"codec={self.codec!r}; expected one of {CODECS}")
         if self.codec == "ncvqvae":
-            num_down = layers.num_downsample_blocks(self.length, self.n_fft, self.downsampled_width)
-            self.encoder = layers.Encoder(
-                num_down=num_down,
-                hidden_dim=self.hidden_dim,
-                num_res_blocks=self.num_res_blocks,
-                dropout_rate=self.dropout_rate,
-                param_init=self.param_init,
-                dtype=self.dtype,
-            )
-            self.decoder = layers.Decoder(
-                out_channels=2 * self.channels,
-                num_up=num_down,
-                hidden_dim=self.hidden_dim,
-                num_res_blocks=self.num_res_blocks,
-                dropout_rate=self.dropout_rate,
-                param_init=self.param_init,
-                dtype=self.dtype,
-            )
-            self.quantizer = VectorQuantizer(
-                codebook_size=self.codebook_size,
-                dim=self.hidden_dim,
-                decay=self.ema_decay,
-                commitment_weight=self.commitment_weight,
-                dead_code=self.dead_code,
-            )
+            self.encoder, self.quantizer, self.decoder = conv_codec(self)
             return
         rate = release_codec.compute_downsample_rate(
             self.length, self.n_fft, self.downsampled_width

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from ssl_vqvae import initializers, layers, release_codec, stft
 from ssl_vqvae.branch import Branch
-from ssl_vqvae.ssl import Projector, pool_mean_max
+from ssl_vqvae.ssl import pool_mean_max
+from ssl_vqvae.vqvae import projector_for
 
 MUTABLE_COLLECTIONS = ("batch_stats", "vq")
 
@@ -92,14 +93,7 @@ class TwoBranchVQVAE(nn.Module):
         self.lf = self._branch("lf", "lf")
         self.hf = self._branch("hf", "hf")
         if self.projector_output_dim:
-            self.projector = Projector(
-                hidden_dim=self.projector_hidden_dim,
-                output_dim=self.projector_output_dim,
-                use_iternorm=self.use_iternorm,
-                iternorm_groups=self.iternorm_groups,
-                param_init=self.param_init,
-                dtype=self.dtype,
-            )
+            self.projector = projector_for(self)
 
     # Static geometry --------------------------------------------------------------------------
 

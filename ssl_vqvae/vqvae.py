@@ -31,6 +31,44 @@ from ssl_vqvae.ssl import Projector, pool_mean_max
 MUTABLE_COLLECTIONS = ("batch_stats", "vq")
 
 
+def conv_codec(module: Any) -> tuple[layers.Encoder, VectorQuantizer, layers.Decoder]:
+    """NC-VQVAE's encoder, EMA quantiser and decoder (SPEC §2.3-§2.5), configured by the fields
+    of `module` (this file's VQVAE, or one band of the two-branch tokenizer: same field names)."""
+    num_down = layers.num_downsample_blocks(module.length, module.n_fft, module.downsampled_width)
+    shared = dict(
+        hidden_dim=module.hidden_dim,
+        num_res_blocks=module.num_res_blocks,
+        dropout_rate=module.dropout_rate,
+        param_init=module.param_init,
+        dtype=module.dtype,
+    )
+    quantizer = VectorQuantizer(
+        codebook_size=module.codebook_size,
+        dim=module.hidden_dim,
+        decay=module.ema_decay,
+        commitment_weight=module.commitment_weight,
+        dead_code=module.dead_code,
+    )
+    return (
+        layers.Encoder(num_down=num_down, **shared),
+        quantizer,
+        layers.Decoder(out_channels=2 * module.channels, num_up=num_down, **shared),
+    )
+
+
+def projector_for(module: Any) -> Projector:
+    """The SSL projector configured by a tokenizer's `projector_*`, `use_iternorm`,
+    `iternorm_groups`, `param_init` and `dtype` fields."""
+    return Projector(
+        hidden_dim=module.projector_hidden_dim,
+        output_dim=module.projector_output_dim,
+        use_iternorm=module.use_iternorm,
+        iternorm_groups=module.iternorm_groups,
+        param_init=module.param_init,
+        dtype=module.dtype,
+    )
+
+
 class VQVAE(nn.Module):
     """NC-VQVAE tokenizer for series of a fixed `length` and `channels`.
 
@@ -59,40 +97,9 @@ class VQVAE(nn.Module):
 
     def setup(self) -> None:
         initializers.compute_dtype(self.dtype)  # fails early on an unknown name
-        num_down = layers.num_downsample_blocks(self.length, self.n_fft, self.downsampled_width)
-        self.encoder = layers.Encoder(
-            num_down=num_down,
-            hidden_dim=self.hidden_dim,
-            num_res_blocks=self.num_res_blocks,
-            dropout_rate=self.dropout_rate,
-            param_init=self.param_init,
-            dtype=self.dtype,
-        )
-        self.quantizer = VectorQuantizer(
-            codebook_size=self.codebook_size,
-            dim=self.hidden_dim,
-            decay=self.ema_decay,
-            commitment_weight=self.commitment_weight,
-            dead_code=self.dead_code,
-        )
-        self.decoder = layers.Decoder(
-            out_channels=2 * self.channels,
-            num_up=num_down,
-            hidden_dim=self.hidden_dim,
-            num_res_blocks=self.num_res_blocks,
-            dropout_rate=self.dropout_rate,
-            param_init=self.param_init,
-            dtype=self.dtype,
-        )
+        self.encoder, self.quantizer, self.decoder = conv_codec(self)
         if self.projector_output_dim:
-            self.projector = Projector(
-                hidden_dim=self.projector_hidden_dim,
-                output_dim=self.projector_output_dim,
-                use_iternorm=self.use_iternorm,
-                iternorm_groups=self.iternorm_groups,
-                param_init=self.param_init,
-                dtype=self.dtype,
-            )
+            self.projector = projector_for(self)
 
     @property
     def stft_hw(self) -> tuple[int, int]:
