@@ -21,7 +21,6 @@ permuted (2, 3, 0, 1)) and `bias`. Parameters are float32; layers compute in flo
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_vqvae import initializers
+from ssl_vqvae import depthwise, initializers
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 PADDING_MODES = ("zeros", "replicate")
@@ -51,36 +50,6 @@ def _norm_init(v: jax.Array, axis: int) -> nn.initializers.Initializer:
     return lambda key: jnp.sqrt(jnp.sum(jnp.square(v), axis=others))
 
 
-def depthwise_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: Sequence[int] = (1, 1),
-    padding: Padding = ((0, 0), (0, 0)),
-) -> jax.Array:
-    """`lax.conv_general_dilated` with one group per channel, one output each, zero padding.
-
-    x: float [B, H, W, C]; kernel: [kh, kw, 1, C]. Computed as the sum over the kernel's taps of
-    strided input windows times per-channel weights: the conv's products in another summation
-    order, which XLA:CPU fuses into elementwise loops (its grouped convs run ~10x slower).
-    """
-    kh, kw = kernel.shape[:2]
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    sizes = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], (kh, kw), strides, strict=True)]
-
-    def window(i: int, j: int) -> jax.Array:
-        ends = [start + (n - 1) * s + 1 for start, n, s in zip((i, j), sizes, strides)]
-        return jax.lax.slice(x, (0, i, j, 0), (len(x), *ends, x.shape[3]), (1, *strides, 1))
-
-    return sum(window(i, j) * kernel[i, j, 0] for i in range(kh) for j in range(kw))
-
-
-def _phase_taps(phase: int, stride: int, size: int, pad: int) -> list[tuple[int, int]]:
-    """(tap, input offset) pairs along one axis of a transposed conv's outputs `stride * m +
-    phase`: output o sums x[(o + pad - tap) / stride] * kernel[tap] where that divides."""
-    starts = (phase + pad - tap for tap in range(size))
-    return [(tap, d // stride) for tap, d in enumerate(starts) if d % stride == 0]
-
-
 def conv_transpose_torch(
     x: jax.Array,
     kernel: jax.Array,
@@ -92,18 +61,16 @@ def conv_transpose_torch(
 
     x: float [B, H, W, in]; kernel: [kh, kw, in, out / groups] (torch's weight permuted
     (2, 3, 0, 1)); padding: (ph, pw) <= kernel - 1. Returns [B, H_out, W_out, out] with
-    `H_out = (H - 1) * stride - 2 * ph + kh` (likewise W).
-
-    Dense (groups 1) and depthwise (one output per channel) kernels run polyphase: each of the
-    sh * sw output phases is a stride-1 correlation over its own taps (a matmul of stacked
-    windows, or per-channel products), and the phases are interleaved. The same sums as the
-    input-dilated convolution, without its zeros, whose weight gradient XLA:CPU runs slowly.
+    `H_out = (H - 1) * stride - 2 * ph + kh` (likewise W). Depthwise kernels (groups = in,
+    one output each) run as `depthwise.conv_transpose` (XLA:CPU's grouped convs are slow).
     """
     kh, kw, cin, out_per_group = kernel.shape
     if cin % groups or x.shape[-1] != cin:
         raise ValueError(f"input channels {x.shape[-1]} / kernel {kernel.shape} / groups {groups}")
-    if groups == 1 or (groups == cin and out_per_group == 1):
-        return _conv_transpose_polyphase(x, kernel, strides, padding, groups)
+    if groups == cin and out_per_group == 1:
+        return depthwise.conv_transpose(x, kernel, strides, padding)
+    if (kh, kw, groups) == (1, 1, 1) and tuple(strides) == (1, 1):
+        return jnp.matmul(x, kernel[0, 0])
     # Equivalent stride-1 convolution of the stride-dilated input with the flipped kernel,
     # whose output channels are grouped as torch groups its transposed weight's input channels.
     kernel = kernel.reshape(kh, kw, groups, cin // groups, out_per_group)
@@ -119,42 +86,6 @@ def conv_transpose_torch(
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
-
-
-def _conv_transpose_polyphase(
-    x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[int], groups: int
-) -> jax.Array:
-    """`conv_transpose_torch` for groups 1 or depthwise kernels (see there)."""
-    geometry = list(zip(x.shape[1:3], strides, kernel.shape[:2], padding, strict=True))
-    outs = [(n - 1) * s + k - 2 * p for n, s, k, p in geometry]
-    counts = [-(-o // s) for o, (_, s, _, _) in zip(outs, geometry)]  # outputs per phase
-    lo = [max(0, -((p - k + 1) // s)) for _, s, k, p in geometry]
-    hi = [max(0, c - n + (s - 1 + p) // s) for c, (n, s, _, p) in zip(counts, geometry)]
-    x = jnp.pad(x, ((0, 0), (lo[0], hi[0]), (lo[1], hi[1]), (0, 0)))
-    features = groups * kernel.shape[3] if groups > 1 else kernel.shape[3]
-
-    def phase(rh: int, rw: int) -> jax.Array:
-        windows, taps = [], []
-        for (i, di), (j, dj) in itertools.product(
-            _phase_taps(rh, *geometry[0][1:]), _phase_taps(rw, *geometry[1][1:])
-        ):
-            start = (0, lo[0] + di, lo[1] + dj, 0)
-            windows.append(
-                jax.lax.slice(
-                    x, start, (len(x), start[1] + counts[0], start[2] + counts[1], x.shape[3])
-                )
-            )
-            taps.append(kernel[i, j])
-        if not windows:
-            return jnp.zeros((len(x), *counts, features), x.dtype)
-        if groups > 1:
-            return sum(w * t[:, 0] for w, t in zip(windows, taps, strict=True))
-        return jnp.concatenate(windows, -1) @ jnp.concatenate(taps, 0)
-
-    (_, sh, _, _), (_, sw, _, _) = geometry
-    y = jnp.stack([jnp.stack([phase(rh, rw) for rw in range(sw)], 3) for rh in range(sh)], 2)
-    y = y.reshape(len(x), counts[0] * sh, counts[1] * sw, features)
-    return y[:, : outs[0], : outs[1]]
 
 
 class Snake(nn.Module):
@@ -239,8 +170,10 @@ class WeightNormConv(nn.Module):
             x = jnp.pad(x, ((0, 0), *padding, (0, 0)), mode="edge")
             padding = ((0, 0), (0, 0))
         kernel = weight_normalize(v, g, 3)
-        if self.groups == x.shape[-1] == self.features:
-            return depthwise_conv(x, kernel, self.strides, padding) + bias
+        if self.groups == x.shape[-1] == self.features:  # depthwise: see `depthwise`
+            return depthwise.conv(x, kernel, self.strides, padding) + bias
+        if self.kernel_size == (1, 1) and self.groups == 1 and self.strides == (1, 1):
+            return jnp.matmul(x, kernel[0, 0]) + bias
         y = jax.lax.conv_general_dilated(
             x,
             kernel,
