@@ -18,128 +18,13 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssl_vqvae import initializers
-from ssl_vqvae.normalization import BatchNorm
-from ssl_vqvae.weight_norm import WeightNormDense, WeightNormLayerNorm, weight_normalize
+from ssl_vqvae.prior_blocks import EMBED_INIT, Attention, FeedForward, Upscale, layer_norm
+from ssl_vqvae.weight_norm import WeightNormDense
 
 KINDS = ("lf", "hf")
-DIM_HEAD = 64  # the release fixes the attention head width
-EMBED_INIT = nn.initializers.normal(stddev=1.0)  # torch nn.Embedding / torch.randn
-L2NORM_EPS = 1e-12  # F.normalize clamps the norm at 1e-12
 HEAD_LAYER_NORM_EPS = 1e-12
-UPSCALE_KERNEL = 7
-
-
-def _layer_norm(name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
-    """torch's `LayerNorm` (default eps 1e-5), two-pass variance as torch."""
-    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, name=name)
-
-
-def _l2norm(x: jax.Array) -> jax.Array:
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, L2NORM_EPS)
-
-
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
-    """Source index of each output position of torch's `F.interpolate(mode='nearest')`.
-
-    torch computes `floor(i * (in / out))` with a float32 scale; the same here (static numpy).
-    """
-    scale = np.float32(size_in) / np.float32(size_out)
-    src = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(src, size_in - 1)
-
-
-class Attention(nn.Module):
-    """Self-attention of the release: [B, S, dim] -> [B, S, dim] (the residual is outside).
-
-    LayerNorm -> q, (k, v) projections -> a learned null key/value prepended per head -> q, k
-    l2-normalised and multiplied by learned per-dimension scales -> softmax(q k^T / sqrt(64)) v
-    -> output projection -> LayerNorm.
-    """
-
-    heads: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        batch, seq, dim = x.shape
-        inner = self.heads * DIM_HEAD
-        x = _layer_norm("norm")(x)
-        q = WeightNormDense(inner, use_bias=False, name="to_q")(x)
-        k, v = jnp.split(WeightNormDense(2 * inner, use_bias=False, name="to_kv")(x), 2, axis=-1)
-        q, k, v = (t.reshape(batch, seq, self.heads, DIM_HEAD) for t in (q, k, v))
-        null_kv = self.param("null_kv", EMBED_INIT, (2, self.heads, DIM_HEAD))
-        null_k, null_v = (jnp.broadcast_to(t, (batch, 1, self.heads, DIM_HEAD)) for t in null_kv)
-        k = jnp.concatenate([null_k, k], axis=1)
-        v = jnp.concatenate([null_v, v], axis=1)
-        q = _l2norm(q) * self.param("q_scale", nn.initializers.ones, (DIM_HEAD,))
-        k = _l2norm(k) * self.param("k_scale", nn.initializers.ones, (DIM_HEAD,))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * DIM_HEAD**-0.5
-        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-        out = WeightNormDense(dim, use_bias=False, name="to_out")(out.reshape(batch, seq, inner))
-        return _layer_norm("norm_out")(out)
-
-
-class FeedForward(nn.Module):
-    """LayerNorm -> WN Linear(dim, int(dim mult 2/3)) -> GELU -> WN LayerNorm -> Linear(., dim)."""
-
-    mult: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dim = x.shape[-1]
-        inner = int(dim * self.mult * 2 / 3)
-        y = _layer_norm("norm")(x)
-        y = WeightNormDense(inner, use_bias=False, name="dense_in")(y)
-        y = nn.gelu(y, approximate=False)
-        y = WeightNormLayerNorm(name="inner_norm")(y)
-        return initializers.dense(dim, inner, "torch", use_bias=False, name="dense_out")(y)
-
-
-class WeightNormConv1d(nn.Module):
-    """Weight-normed `torch.nn.Conv1d` with 'same' zero padding and dilation, channels-last.
-
-    [B, L, in] -> [B, L, features]; `weight_v` [kernel, in, features], `weight_g` [features]
-    (torch's v permuted (2, 1, 0), g flattened). Needs an odd effective kernel, as the release's.
-    """
-
-    features: int
-    kernel_size: int
-    dilation: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, x.shape[-1], self.features)
-        inits = initializers.layer_init(initializers.TORCH, x.shape[-1] * self.kernel_size)
-        v = self.param("weight_v", inits["kernel_init"], shape)
-        g = self.param("weight_g", lambda _: jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1))))
-        bias = self.param("bias", inits["bias_init"], (self.features,))
-        pad = self.dilation * (self.kernel_size - 1) // 2
-        y = jax.lax.conv_general_dilated(
-            x,
-            weight_normalize(v, g, 2),
-            window_strides=(1,),
-            padding=((pad, pad),),
-            rhs_dilation=(self.dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
-        return y + bias
-
-
-class Upscale(nn.Module):
-    """LF embeddings [B, n, d] -> [B, size, d]: nearest upsampling, then WN Conv1d(d, 2d, 7),
-    GELU, BatchNorm, WN Conv1d(2d, d, 7, dilation 2), all length-preserving."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, size: int, *, train: bool) -> jax.Array:
-        dim = x.shape[-1]
-        x = x[:, nearest_indices(x.shape[1], size)]
-        x = WeightNormConv1d(2 * dim, UPSCALE_KERNEL, name="conv_in")(x)
-        x = nn.gelu(x, approximate=False)
-        x = BatchNorm(use_running_average=not train, name="norm")(x)
-        return WeightNormConv1d(dim, UPSCALE_KERNEL, dilation=2, name="conv_out")(x)
 
 
 class BranchTransformer(nn.Module):
@@ -191,15 +76,27 @@ class BranchTransformer(nn.Module):
         class_ids: jax.Array,
         *,
         train: bool,
+        lf_context: jax.Array | None = None,
+        context_only: bool = False,
     ) -> jax.Array:
         """tokens_lf: int32 [B, n_lf]; tokens_hf: int32 [B, n_hf] (HF) or None (LF);
-        class_ids: int32 [B] in 0..num_classes. Returns float32 [B, num_tokens, K_branch]."""
-        self._check_inputs(tokens_lf, tokens_hf, class_ids)
-        emb = self._token_embedding(tokens_lf, self.codebook_size_lf, "tok_emb_l", train)
-        if self.kind == "hf":
+        class_ids: int32 [B] in 0..num_classes. Returns float32 [B, num_tokens, K_branch].
+
+        HF only: `context_only` returns the upscaled LF embeddings [B, num_tokens, embed_dim]
+        (the LF context), and `lf_context` takes them instead of computing them from
+        `tokens_lf`; decoding computes the context once per batch, not once per step.
+        """
+        self._check_inputs(tokens_lf, tokens_hf, class_ids, context_only)
+        if self.kind == "lf":
+            emb = self._token_embedding(tokens_lf, self.codebook_size_lf, "tok_emb_l", train)
+        else:
+            if lf_context is None:
+                emb_lf = self._token_embedding(tokens_lf, self.codebook_size_lf, "tok_emb_l", train)
+                lf_context = Upscale(name="projector")(emb_lf, self.num_tokens, train=train)
+            if context_only:
+                return lf_context
             emb_h = self._token_embedding(tokens_hf, self.codebook_size_hf, "tok_emb_h", train)
-            emb_l = Upscale(name="projector")(emb, tokens_hf.shape[1], train=train)
-            emb = jnp.concatenate([emb_l, emb_h], axis=-1)
+            emb = jnp.concatenate([lf_context, emb_h], axis=-1)
         in_dim = emb.shape[-1]
         pos_emb = self.param("pos_emb", EMBED_INIT, (self.num_tokens + 1, in_dim))
         emb = emb + pos_emb[: self.num_tokens]
@@ -213,18 +110,25 @@ class BranchTransformer(nn.Module):
             x = x + FeedForward(self.ff_mult, name=f"ff_{i}")(x)
         x = WeightNormDense(self.hidden_dim, name="head_dense")(x)
         x = nn.gelu(x, approximate=False)
-        x = _layer_norm("head_norm", HEAD_LAYER_NORM_EPS)(x)
+        x = layer_norm("head_norm", HEAD_LAYER_NORM_EPS)(x)
         codebook_size = self.codebook_size_lf if self.kind == "lf" else self.codebook_size_hf
-        logits = WeightNormDense(codebook_size, name="head_out")(x)
-        return logits[:, 1:].astype(jnp.float32)
+        # Position 0 (the class) gets no logits: dropped before the widest layer.
+        logits = WeightNormDense(codebook_size, name="head_out")(x[:, 1:])
+        return logits.astype(jnp.float32)
 
     def _check_inputs(
-        self, tokens_lf: jax.Array, tokens_hf: jax.Array | None, class_ids: jax.Array
+        self,
+        tokens_lf: jax.Array,
+        tokens_hf: jax.Array | None,
+        class_ids: jax.Array,
+        context_only: bool,
     ) -> None:
         n_lf = self.num_tokens if self.kind == "lf" else self.num_tokens_lf
         if tokens_lf.ndim != 2 or tokens_lf.shape[1] != n_lf:
             raise ValueError(f"tokens_lf must be [batch, {n_lf}], got {tuple(tokens_lf.shape)}")
-        if self.kind == "hf":
+        if context_only and self.kind != "hf":
+            raise ValueError("only the HF branch has an LF context")
+        if self.kind == "hf" and not context_only:
             if tokens_hf is None or tokens_hf.shape != (tokens_lf.shape[0], self.num_tokens):
                 shape = None if tokens_hf is None else tuple(tokens_hf.shape)
                 raise ValueError(f"tokens_hf must be [batch, {self.num_tokens}], got {shape}")
@@ -283,11 +187,21 @@ class TwoBranchPrior(nn.Module):
         return self.lf(tokens_lf, None, class_ids, train=train)
 
     def hf_logits(
-        self, tokens_lf: jax.Array, tokens_hf: jax.Array, class_ids: jax.Array, *, train: bool
+        self,
+        tokens_lf: jax.Array,
+        tokens_hf: jax.Array,
+        class_ids: jax.Array,
+        *,
+        train: bool,
+        lf_context: jax.Array | None = None,
     ) -> jax.Array:
-        """HF logits float32 [B, num_tokens_hf, codebook_size_hf] from complete LF ids and
-        (masked) HF ids."""
-        return self.hf(tokens_lf, tokens_hf, class_ids, train=train)
+        """HF logits float32 [B, num_tokens_hf, codebook_size_hf] from complete LF ids (or their
+        precomputed `hf_context`) and (masked) HF ids."""
+        return self.hf(tokens_lf, tokens_hf, class_ids, train=train, lf_context=lf_context)
+
+    def hf_context(self, tokens_lf: jax.Array, class_ids: jax.Array) -> jax.Array:
+        """The HF prior's eval-mode input from the LF ids: float32 [B, num_tokens_hf, embed_dim]."""
+        return self.hf(tokens_lf, None, class_ids, train=False, context_only=True)
 
     def __call__(
         self, tokens_lf: jax.Array, tokens_hf: jax.Array, class_ids: jax.Array, *, train: bool

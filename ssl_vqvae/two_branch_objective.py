@@ -123,10 +123,22 @@ def two_branch_decode(
         sample_temperature=sample_temperature,
     )
 
+    # The LF ids are fixed during the HF pass: their upscaled embeddings are computed once.
+    context = prior.apply(variables, tokens_lf, class_ids, method="hf_context")
+
     def hf_logits(tokens: jax.Array, ids: jax.Array) -> jax.Array:
-        # Guidance doubles the batch ([cond; null]); the LF ids are repeated to match.
-        lf = jnp.tile(tokens_lf, (tokens.shape[0] // tokens_lf.shape[0], 1))
-        return prior.apply(variables, lf, tokens, ids, train=False, method="hf_logits")
+        # Guidance doubles the batch ([cond; null]); the LF ids and context are repeated.
+        repeats = tokens.shape[0] // tokens_lf.shape[0]
+        lf = jnp.tile(tokens_lf, (repeats, 1))
+        return prior.apply(
+            variables,
+            lf,
+            tokens,
+            ids,
+            train=False,
+            lf_context=jnp.tile(context, (repeats, 1, 1)),
+            method="hf_logits",
+        )
 
     tokens_hf = sampling.iterative_decode(
         hf_logits,

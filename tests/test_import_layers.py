@@ -27,6 +27,7 @@ MODELS_AND_MATH = (
     "augment_values",
     "branch",
     "branch_prior",
+    "prior_blocks",
     "initializers",
     "layers",
     "normalization",

@@ -356,3 +356,14 @@ def test_sample_from_probs_matches_the_distribution_and_skips_zero_probability_c
     # Unnormalised rows (softmax rounding) sample the normalised distribution.
     scaled = np.asarray(sample_from_probs(jax.random.key(8), rows * 0.9))
     np.testing.assert_allclose(np.bincount(scaled, minlength=6) / scaled.size, probs, atol=6e-3)
+
+
+def test_two_level_sampling_with_empty_blocks_and_codes():
+    """1024 codes (blocks of 32): mass in two blocks only, one of them partly zero."""
+    probs = np.zeros(1024, np.float32)
+    probs[[40, 45, 900]] = [0.25, 0.25, 0.5]
+    rows = jnp.broadcast_to(jnp.asarray(probs), (100_000, 1024))
+    draws = np.asarray(sample_from_probs(jax.random.key(9), rows))
+    frequencies = np.bincount(draws, minlength=1024) / draws.size
+    assert set(np.flatnonzero(frequencies)) == {40, 45, 900}
+    np.testing.assert_allclose(frequencies[[40, 45, 900]], [0.25, 0.25, 0.5], atol=8e-3)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae.branch_prior import BranchTransformer, TwoBranchPrior, nearest_indices
+from ssl_vqvae.branch_prior import BranchTransformer, TwoBranchPrior
+from ssl_vqvae.prior_blocks import nearest_indices
 from ssl_vqvae.two_branch_objective import (
     release_training_mask,
     two_branch_decode,
@@ -157,8 +158,12 @@ class CopyingPrior(TwoBranchPrior):
     def lf_logits(self, tokens_lf, class_ids, *, train):
         return jnp.zeros((*tokens_lf.shape, self.codebook_size_lf))
 
-    def hf_logits(self, tokens_lf, tokens_hf, class_ids, *, train):
+    def hf_context(self, tokens_lf, class_ids):
+        return jnp.zeros((*tokens_lf.shape, 1))
+
+    def hf_logits(self, tokens_lf, tokens_hf, class_ids, *, train, lf_context=None):
         assert tokens_lf.shape[0] == tokens_hf.shape[0] == class_ids.shape[0]
+        assert lf_context.shape[0] == tokens_lf.shape[0]
         source = tokens_lf[:, nearest_indices(self.num_tokens_lf, self.num_tokens_hf)]
         return 50.0 * jax.nn.one_hot(source % self.codebook_size_hf, self.codebook_size_hf)
 
@@ -198,3 +203,27 @@ def test_branch_rejects_bad_configuration_and_inputs():
         apply(tokens_lf, tokens_hf[:, :5], class_ids, method="hf_logits")
     with pytest.raises(ValueError, match="class_ids"):
         apply(tokens_lf, class_ids[:2], method="lf_logits")
+
+
+def test_cached_lf_context_gives_the_same_hf_logits():
+    """Decoding computes the HF prior's LF context once per batch; it must equal the logits
+    computed from the LF ids, and the context must depend on them."""
+    prior, variables = _tiny()
+    tokens_lf, tokens_hf, class_ids = _tokens(3)
+    direct = prior.apply(
+        variables, tokens_lf, tokens_hf, class_ids, train=False, method="hf_logits"
+    )
+    context = prior.apply(variables, tokens_lf, class_ids, method="hf_context")
+    chex.assert_shape(context, (BATCH, N_HF, TINY["embed_dim"]))
+    cached = prior.apply(
+        variables,
+        tokens_lf,
+        tokens_hf,
+        class_ids,
+        train=False,
+        lf_context=context,
+        method="hf_logits",
+    )
+    np.testing.assert_allclose(cached, direct, atol=1e-6)
+    other = prior.apply(variables, (tokens_lf + 1) % K_LF, class_ids, method="hf_context")
+    assert not np.allclose(other, context)
