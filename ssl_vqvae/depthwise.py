@@ -50,6 +50,8 @@ def _kernel_grad(
 def _scatter_math(
     g: jax.Array, k: jax.Array, strides: tuple[int, int], full: tuple[int, int]
 ) -> jax.Array:
+    # Output s * m + r of an axis sums taps r + s * d times g[m - d] (d >= 0): g is padded by
+    # the largest d before and up to the phases' length after.
     counts = [-(-n // s) for n, s in zip(full, strides, strict=True)]  # outputs per phase
     lo = [(t - 1) // s for t, s in zip(k.shape[:2], strides, strict=True)]
     hi = [max(0, c - n) for c, n in zip(counts, g.shape[1:3], strict=True)]
@@ -72,9 +74,8 @@ def _scatter_math(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def correlate(xp: jax.Array, k: jax.Array, strides: tuple[int, int]) -> jax.Array:
-    """Depthwise valid correlation: out[b, h, w, c] = sum_ij xp[b, sh h + i, sw w + j, c] k[i, j, c].
-
-    xp: float [B, Hp, Wp, C] (already padded); k: [kh, kw, C]."""
+    """Depthwise valid correlation of a padded xp [B, Hp, Wp, C] with k [kh, kw, C]:
+    out[b, h, w, c] = sum_ij xp[b, sh * h + i, sw * w + j, c] * k[i, j, c]."""
     return _correlate_math(xp, k, strides)
 
 
@@ -128,7 +129,9 @@ def conv_transpose(
 ) -> jax.Array:
     """`torch.nn.functional.conv_transpose2d(..., groups=C)` in NHWC for x [B, H, W, C], kernel
     [kh, kw, C, 1], padding (ph, pw): [B, (H - 1) sh - 2 ph + kh, (W - 1) sw - 2 pw + kw, C]."""
-    full = tuple((n - 1) * s + t for n, s, t in zip(x.shape[1:3], strides, kernel.shape[:2]))
+    full = tuple(
+        (n - 1) * s + t for n, s, t in zip(x.shape[1:3], strides, kernel.shape[:2], strict=True)
+    )
     y = scatter(x, kernel[:, :, :, 0], tuple(strides), full)
     (ph, pw) = padding
     return y[:, ph : full[0] - ph, pw : full[1] - pw]

@@ -51,6 +51,14 @@ def code_logits(z: jax.Array, codebook: jax.Array) -> jax.Array:
     return 2.0 * cross - jnp.sum(z**2, axis=-1, keepdims=True) - jnp.sum(codebook**2, axis=-1)
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """`jnp.argmax(logits, -1)` for finite logits (the first index of the maximum), as a max and
+    a min: XLA:CPU's variadic argmax reduction was 3x slower at 2368 x 1024."""
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    positions = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(logits == best, positions, logits.shape[-1]), axis=-1)
+
+
 def ema_codebook_update(
     cluster_size: jax.Array,
     embed_sum: jax.Array,
@@ -69,9 +77,11 @@ def ema_codebook_update(
     Returns the new (cluster_size [K], embed_sum [K, D], codebook [K, D]).
     """
     codebook_size = cluster_size.shape[0]
-    one_hot = jax.nn.one_hot(indices, codebook_size, dtype=jnp.float32)
-    batch_sums = jnp.matmul(one_hot.T, z.astype(jnp.float32), precision=_HIGHEST)
-    cluster_size = decay * cluster_size + (1.0 - decay) * one_hot.sum(axis=0)
+    # Per-code counts and sums as scatter-adds: the one-hot matmul they replace was a dense
+    # [K, N] x [N, D] product (~9 ms of a 100 ms CPU step at K = 1024); the same sums.
+    counts = jnp.zeros((codebook_size,), jnp.float32).at[indices].add(1.0)
+    batch_sums = jnp.zeros(embed_sum.shape, jnp.float32).at[indices].add(z.astype(jnp.float32))
+    cluster_size = decay * cluster_size + (1.0 - decay) * counts
     embed_sum = decay * embed_sum + (1.0 - decay) * batch_sums
     total = cluster_size.sum()
     # Smoothing keeps unused codes finite (their count is ~eps, so they move far away instead).
@@ -131,7 +141,7 @@ class VectorQuantizer(nn.Module):
         flat_z = z.reshape(-1, self.dim)
         logits = code_logits(flat_z, codebook)
         if sample_temperature is None:
-            flat_indices = jnp.argmax(logits, axis=-1)
+            flat_indices = first_argmax(logits)
         else:
             flat_indices = jax.random.categorical(
                 self.make_rng("sample"), logits / sample_temperature, axis=-1

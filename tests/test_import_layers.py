@@ -25,6 +25,8 @@ MODELS_AND_MATH = (
     "augment",
     "augment_time",
     "augment_values",
+    "categorical",
+    "depthwise",
     "branch",
     "branch_prior",
     "prior_blocks",

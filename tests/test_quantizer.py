@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae.quantizer import QuantizerOutput, VectorQuantizer
+from ssl_vqvae.quantizer import QuantizerOutput, VectorQuantizer, first_argmax
 
 K, D = 8, 4
 DECAY, EPS, BETA = 0.9, 1e-5, 0.25
@@ -224,3 +224,10 @@ def test_bad_inputs_raise(variables):
         VQ.apply(variables, jnp.zeros((3, D + 1)), train=False)
     with pytest.raises(ValueError, match="sample_temperature"):
         VQ.apply(variables, jnp.zeros((3, D)), train=False, sample_temperature=0.0)
+
+
+def test_first_argmax_is_argmax_with_ties_to_the_first():
+    logits = jax.random.normal(jax.random.key(0), (64, 1024))
+    logits = logits.at[3, 10].set(9.0).at[3, 20].set(9.0)  # a tie: the first index wins
+    np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, axis=-1))
+    assert int(first_argmax(logits)[3]) == 10

@@ -1,6 +1,7 @@
 """The release tokenizer's blocks on their own (no torch): shapes, the transposed convolution
-against its definition, weight norm, resizing, frequency targets, k-means and the k-means
-initialised projected quantiser, and gradient flow through a small branch."""
+against its definition, the depthwise / 1x1 fast paths (values and gradients) against XLA's
+convolutions, weight norm, resizing, frequency targets, k-means and the k-means initialised
+projected quantiser, and gradient flow through a small branch."""
 
 import chex
 import flax.linen as nn
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_vqvae import release_codec, stft, weight_norm
+from ssl_vqvae import depthwise, release_codec, stft, weight_norm
 from ssl_vqvae.projected_quantizer import KMeansVectorQuantizer, ProjectedQuantizer, kmeans
 from ssl_vqvae.quantizer import ema_codebook_update
 
@@ -74,6 +75,8 @@ def _conv_transpose_by_definition(x, kernel, strides, padding, groups):
         (2, 3, (3, 4), (1, 2), (1, 1)),
         (1, 6, (1, 4), (1, 2), (0, 1)),
         (4, 2, (1, 1), (1, 1), (0, 0)),
+        (4, 1, (3, 4), (1, 2), (1, 1)),  # depthwise: `depthwise.conv_transpose`
+        (1, 3, (1, 1), (1, 1), (0, 0)),  # 1x1: a matmul
     ],
 )
 def test_conv_transpose_matches_its_definition(
@@ -88,6 +91,113 @@ def test_conv_transpose_matches_its_definition(
     )
     expected = _conv_transpose_by_definition(x, kernel, strides, padding, groups)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def _assert_same_vjp(fast, plain, args, atol=1e-5):
+    """fast(*args) == plain(*args), and so are their VJPs for a random cotangent."""
+
+    @jax.jit
+    def both(args):
+        out, fast_vjp = jax.vjp(fast, *args)
+        expected, plain_vjp = jax.vjp(plain, *args)
+        cotangent = jax.random.normal(jax.random.key(7), out.shape)
+        return out, expected, fast_vjp(cotangent), plain_vjp(cotangent)
+
+    out, expected, ours, theirs = both(args)
+    np.testing.assert_allclose(out, expected, atol=atol)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for mine, ref in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(mine, ref, atol=atol)
+
+
+def _grouped_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size, strides, padding",
+    [
+        ((2, 3, 9, 4), (3, 4), (1, 2), ((1, 1), (1, 1))),  # HF encoder block
+        ((2, 1, 7, 3), (1, 3), (1, 1), ((0, 0), (1, 1))),  # LF residual block
+        ((2, 4, 10, 3), (3, 3), (2, 3), ((1, 0), (2, 1))),  # unused last rows / columns
+    ],
+)
+def test_depthwise_conv_matches_grouped_conv(shape, kernel_size, strides, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((*kernel_size, 1, shape[-1])), jnp.float32)
+    _assert_same_vjp(
+        lambda x, k: depthwise.conv(x, k, strides, padding),
+        lambda x, k: _grouped_conv(x, k, strides, padding),
+        (x, kernel),
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size, strides, padding",
+    [
+        ((2, 3, 9, 4), (3, 4), (1, 2), (1, 1)),  # HF decoder block
+        ((2, 1, 7, 3), (1, 4), (1, 2), (0, 1)),  # LF decoder block
+        ((2, 3, 5, 3), (3, 3), (2, 3), (1, 2)),
+        ((2, 4, 5, 3), (2, 3), (3, 2), (0, 1)),  # kernel < stride: a phase without taps
+    ],
+)
+def test_depthwise_conv_transpose_matches_dilated_conv(shape, kernel_size, strides, padding):
+    """Against the plain formulation: the stride-dilated input convolved with the flipped
+    kernel (torch's definition is checked in test_conv_transpose_matches_its_definition)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((*kernel_size, shape[-1], 1)), jnp.float32)
+
+    def dilated(x, k):
+        pads = [(t - 1 - p, t - 1 - p) for t, p in zip(kernel_size, padding, strict=True)]
+        flipped = jnp.transpose(k, (0, 1, 3, 2))[::-1, ::-1]
+        return jax.lax.conv_general_dilated(
+            x, flipped, (1, 1), pads, strides, None, ("NHWC", "HWIO", "NHWC"), shape[-1]
+        )
+
+    _assert_same_vjp(
+        lambda x, k: depthwise.conv_transpose(x, k, strides, padding), dilated, (x, kernel)
+    )
+
+
+@pytest.mark.parametrize(
+    "features, kernel_size, strides, padding, groups, mode",
+    [
+        (4, (3, 4), (1, 2), ((1, 1), (1, 1)), 4, "replicate"),  # depthwise
+        (6, (1, 1), (1, 1), ((0, 0), (0, 0)), 1, "zeros"),  # 1x1: a matmul
+        (8, (3, 3), (1, 1), ((1, 1), (1, 1)), 4, "zeros"),  # XLA's grouped conv
+    ],
+)
+def test_weight_norm_conv_fast_paths(features, kernel_size, strides, padding, groups, mode):
+    """The layer (values and gradients) equals XLA's conv of its weight-normed kernel."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 9, 4))
+    conv = weight_norm.WeightNormConv(features, kernel_size, strides, padding, groups, mode)
+    params = conv.init(jax.random.key(1), x)["params"]
+
+    def plain(params, x):
+        if mode == "replicate":
+            x = jnp.pad(x, ((0, 0), *padding, (0, 0)), mode="edge")
+        kernel = weight_norm.weight_normalize(params["weight_v"], params["weight_g"], 3)
+        pads = ((0, 0), (0, 0)) if mode == "replicate" else padding
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            strides,
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+        )
+        return y + params["bias"]
+
+    _assert_same_vjp(lambda p, x: conv.apply({"params": p}, x), plain, (params, x))
 
 
 def test_weight_norm_gain_is_the_norm_over_the_other_axes():

@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ssl_vqvae.categorical import sample_from_probs
 from ssl_vqvae.sampling import (
     DecodeState,
     MaskingConvention,
@@ -20,7 +21,6 @@ from ssl_vqvae.sampling import (
     mask_from_count,
     masked_count,
     masked_token_loss,
-    sample_from_probs,
     sample_training_mask,
 )
 from ssl_vqvae.transformer import MaskGITTransformer
