@@ -5,7 +5,9 @@ bottleneck 128, 2 residual blocks per stage, LF / HF latent widths 8 / 32, codeb
 codes looked up in an 8-dimensional projection with k-means initialisation, EMA decay 0.8,
 dropout 0.3 in the residual blocks. Losses: LF time MSE + HF time L1 + both commitments. The
 release's trainer (TimeVQVAE repository, configs/config.yaml): AdamW at 5e-3 (torch's default
-weight decay 0.01), batch 32, 20000 steps. Append `:tiny` for a smoke run.
+weight decay 0.01), batch 32, 20000 steps; its 5 % linear warmup and cosine floor of 5e-4 are
+not reproduced (this project's cosine schedule to 0 runs instead). Append `:tiny` for a smoke
+run.
 """
 
 from __future__ import annotations

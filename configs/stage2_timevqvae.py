@@ -4,7 +4,8 @@ LF prior: token embedding 128, width 128, 4 layers, 2 heads; HF prior: width 32,
 1 head, fed the HF tokens and the upscaled LF tokens; feed-forward mult 1, token-embedding
 dropout 0.3, class dropout 0.2, loss on masked tokens only. Sampling: LF first (10 steps, choice
 temperature 10), then HF (10 steps, temperature 0), guidance scale 1. The release's trainer:
-AdamW at 5e-3, batch 32, 40000 steps. `stage2_maskgit.py` resolves to the same prior
+AdamW at 5e-3, batch 32, 40000 steps (its warmup and cosine floor are not
+reproduced, see stage1_timevqvae.py). `stage2_maskgit.py` resolves to the same prior
 architecture on an LF/HF tokenizer (prior.variant=auto) but keeps its own sizes and budget.
 Append `:tiny` for a smoke run.
 """
