@@ -184,12 +184,13 @@ def init_state(
 ) -> train_state.TrainState:
     """The trainers' fresh state of `model` for inputs shaped like `example`.
 
-    Jitted, as `train_state.StateFactory.initialise` does it: run eagerly, variables initialised
-    from one another (the quantiser's `embed_sum` from its codebook) share one buffer, which a
-    step donating the state refuses.
+    Jitted with the initialisation key, as `train_state.StateFactory.initialise` does it: run
+    eagerly, variables initialised from one another (the quantiser's `embed_sum` from its
+    codebook) share one buffer, which a step donating the state refuses.
     """
     spec = jax.ShapeDtypeStruct(example.shape, jnp.float32)
-    return jax.jit(train_state.module_init(model, optimizer, spec, train=False))(jax.random.key(0))
+    init = train_state.module_init(model, optimizer, spec, train=False)
+    return jax.jit(init)(train_state.initialisation_key(jax.random.key(0)))
 
 
 def fresh_prior(

@@ -1,7 +1,7 @@
 """The released PyTorch TimeVQVAE (`timevqvae` 1.0.1) against this library's two-branch model.
 
     python -m benchmarks.peers [--rows=stage1_b32,...] [--steps=N] [--repeats=5]
-        [--device=cpu|cuda] [--torch_threads=N] [--json=benchmarks/results/peers.json]
+        [--device=cpu|cuda] [--torch_threads=N] [--tiny] [--json=benchmarks/results/peers.json]
 
 Each row times one call on both sides, same hyperparameters, same GunPoint batches: a stage-1
 update (forward, loss, backward, AdamW), a stage-2 update (tokenising with the frozen tokenizer
@@ -10,7 +10,8 @@ each, one prior pass per step, then both decoders). The package side is built as
 does; ours from `configs/stage{1,2}_timevqvae.py` through the library's builders and
 `train_state.compile_step` / `generate.make_generator`. After a warm-up (our compile timed on
 its own), `--repeats` blocks of `--steps` calls alternate package / project, so a change of
-machine load hits both sides alike. See benchmarks/README.md.
+machine load hits both sides alike. Both sides take their sizes from the same two configs, at
+full size or (`--tiny`) at their `:tiny` sizes. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -84,53 +85,92 @@ class Side:
     compile_s: float | None = None
 
 
-def settings(stage: int) -> Any:
-    return validation.validate(config_lib.load_config_file(f"stage{stage}_timevqvae"))
+def settings(tiny: bool = False) -> tuple[Any, Any]:
+    """Stage-1 and stage-2 settings of configs/stage{1,2}_timevqvae.py (`:tiny` if `tiny`); both
+    sides are built from them."""
+    arg = ":tiny" if tiny else ""
+    return tuple(
+        validation.validate(config_lib.load_config_file(f"stage{stage}_timevqvae{arg}"))
+        for stage in (1, 2)
+    )
 
 
-def package_maskgit(vqvae: Any, num_classes: int) -> Any:
-    """`MaskGIT` exactly as the package's README builds it."""
+def package_vqvae(model: Any, x: Any) -> Any:
+    """`VQVAE` with the tokenizer settings `model` (at full size: the package's defaults)."""
+    return VQVAE(
+        in_channels=x.shape[1],
+        input_length=x.shape[-1],
+        n_fft=model.n_fft,
+        init_dim=model.init_dim,
+        hid_dim=model.hidden_dim,
+        downsampled_width_l=model.downsampled_width,
+        downsampled_width_h=model.hf_downsampled_width,
+        encoder_n_resnet_blocks=model.num_res_blocks,
+        decoder_n_resnet_blocks=model.num_res_blocks,
+        codebook_size_l=model.codebook_size,
+        codebook_size_h=model.hf_codebook_size,
+        kmeans_init=model.kmeans_init,
+        codebook_dim=model.codebook_dim,
+    )
 
-    def prior(hidden: int, layers: int, heads: int) -> Any:
-        return PriorModelConfig(hidden, layers, heads, 1, use_rmsnorm=True, p_unconditional=0.2)
+
+def package_maskgit(vqvae: Any, configs: tuple[Any, Any], num_classes: int) -> Any:
+    """`MaskGIT` as the package's README builds it, with the sizes of `configs` (at full size:
+    the README's values)."""
+    model, prior, sampling = configs[0].model, configs[1].prior, configs[1].sampling
+
+    def branch(hidden: int, layers: int, heads: int) -> Any:
+        return PriorModelConfig(
+            hidden,
+            layers,
+            heads,
+            prior.ff_mult,
+            use_rmsnorm=True,
+            p_unconditional=prior.p_unconditional,
+            emb_dropout=prior.dropout_rate,
+        )
 
     return MaskGIT(
         vqvae=vqvae,
-        lf_choice_temperature=10.0,
-        hf_choice_temperature=0.0,
-        lf_num_sampling_steps=10,
-        hf_num_sampling_steps=10,
-        lf_codebook_size=1024,
-        hf_codebook_size=1024,
-        transformer_embedding_dim=128,
-        lf_prior_model_config=prior(128, 4, 2),
-        hf_prior_model_config=prior(32, 1, 1),
-        classifier_free_guidance_scale=1.0,
+        lf_choice_temperature=sampling.choice_temperature,
+        hf_choice_temperature=sampling.hf_choice_temperature,
+        lf_num_sampling_steps=sampling.num_steps,
+        hf_num_sampling_steps=sampling.hf_num_steps,
+        lf_codebook_size=model.codebook_size,
+        hf_codebook_size=model.hf_codebook_size,
+        transformer_embedding_dim=prior.embed_dim,
+        lf_prior_model_config=branch(prior.hidden_dim, prior.depth, prior.num_heads),
+        hf_prior_model_config=branch(prior.hf_hidden_dim, prior.hf_depth, prior.hf_num_heads),
+        classifier_free_guidance_scale=sampling.guidance_scale,
         n_classes=num_classes,
     )
 
 
-def package_model(kind: str, x: Any, num_classes: int) -> Any:
-    """`VQVAE(in_channels=1, input_length=L)` after one training forward (k-means codebooks,
-    BatchNorm statistics, the token counts `MaskGIT` reads), or the `MaskGIT` over it."""
+def package_model(kind: str, x: Any, num_classes: int, configs: tuple[Any, Any]) -> Any:
+    """The package's `VQVAE` after one training forward (k-means codebooks, BatchNorm
+    statistics, the token counts `MaskGIT` reads), or the `MaskGIT` over it."""
     with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
         warnings.simplefilter("ignore", FutureWarning)
-        vqvae = VQVAE(in_channels=1, input_length=x.shape[-1]).to(x.device).train()
+        vqvae = package_vqvae(configs[0].model, x).to(x.device).train()
         with torch.no_grad():
             vqvae(x)
-        return vqvae if kind == "stage1" else package_maskgit(vqvae, num_classes).to(x.device)
+        if kind == "stage1":
+            return vqvae
+        return package_maskgit(vqvae, configs, num_classes).to(x.device)
 
 
-def package_side(kind: str, batches: list[dict], num_classes: int, device: str) -> Side:
+def package_side(
+    kind: str, batches: list[dict], num_classes: int, device: str, configs: tuple[Any, Any]
+) -> Side:
     """The package's update (AdamW over its trainable parameters) or sampler."""
     torch.manual_seed(0)
     np.random.seed(0)  # its training masks draw from numpy's global generator
     xs = [torch.from_numpy(b["x"].transpose(0, 2, 1).copy()).to(device) for b in batches]
     ys = [torch.from_numpy(b["y"].astype(np.int64))[:, None].to(device) for b in batches]
     inputs = itertools.cycle(list(zip(xs, ys, strict=True)))
-    model = package_model(kind, xs[0], num_classes)
+    model = package_model(kind, xs[0], num_classes, configs)
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = settings(1 if kind == "stage1" else 2).optim
+    optim = configs[0 if kind == "stage1" else 1].optim
     optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
     classes = torch.arange(len(xs[0]), device=device) % num_classes
     last: dict[str, Any] = {}
@@ -178,10 +218,12 @@ def project_optimizer(optim: Any) -> optax.GradientTransformation:
     )
 
 
-def project_case(kind: str, batches: list[dict], ds: data.UCRDataset) -> common.Case:
+def project_case(
+    kind: str, batches: list[dict], ds: data.UCRDataset, configs: tuple[Any, Any]
+) -> common.Case:
     """Our update or generator as a suite `Case`, on one device (as torch uses one)."""
     mesh = sharding.make_mesh(jax.devices()[:1])
-    s1, s2 = settings(1), settings(2)
+    s1, s2 = configs
     tokenizer = stage1.build_model(s1, ds.length, ds.channels)
     rng = jax.random.key(0)
     # One example row whatever the batch: every row initialises the same program, compiled once
@@ -278,13 +320,14 @@ def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) 
     return result
 
 
-def run_row(name: str, ds: data.UCRDataset, steps: int | None, repeats: int, device: str) -> dict:
+def run_row(name: str, ds: data.UCRDataset, args: argparse.Namespace, device: str) -> dict:
     """Builds both sides of row `name` on the same batches and compares them."""
     kind, batch = ROWS[name]
+    configs = settings(args.tiny)
     batches, _ = common.sample_batches(ds.train, batch, seed=0)
-    package = package_side(kind, batches, ds.num_classes, device)
-    project = project_side(project_case(kind, batches, ds))
-    steps = steps or DEFAULT_STEPS[kind]
+    package = package_side(kind, batches, ds.num_classes, device, configs)
+    project = project_side(project_case(kind, batches, ds, configs))
+    steps, repeats = args.steps or DEFAULT_STEPS[kind], args.repeats
     result = compare(package, project, steps, repeats, batch)
     if not result["params_equal"]:
         print(
@@ -354,6 +397,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--torch_threads", type=int, help="torch.set_num_threads (default: its own)"
     )
+    parser.add_argument(
+        "--tiny", action="store_true", help="both sides at the configs' :tiny sizes (smoke run)"
+    )
     parser.add_argument("--json", type=pathlib.Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--dataset", default="GunPoint", help="UCR dataset feeding the rows")
     parser.add_argument("--data_root", default="", help="UCR archive folder, searched first")
@@ -381,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compilation_cache.enable(cache)  # empty: every step / generator compile is cold
         for name in args.rows:
             print(f"== {name}", flush=True)
-            rows.append(run_row(name, ds, args.steps, args.repeats, device))
+            rows.append(run_row(name, ds, args, device))
     env = environment(device)
     print(
         f"\njax {env['jax']} on {env['device_kind']} ({env['backend']}), XLA:CPU Eigen pool "

@@ -32,6 +32,9 @@ from ssl_vqvae.metric_log import MetricWriter, read_metrics
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import fault_soak  # noqa: E402
 
+# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_faults")
+
 NUM_STEPS = 6
 TIMING_KEY = fault_soak.TIMING_KEY
 
