@@ -16,7 +16,7 @@ import jax
 
 from ssl_vqvae import sharding, stage2, train_state
 
-BATCH_SIZE = 160  # as the same-run reference table was measured (SPEC: 256, capped by the train split)
+BATCH_SIZE = 160  # as issue 13 measured the reference (SPEC: 256, capped by the train split)
 
 
 def case(context: common.Context, method: str) -> common.Case:
