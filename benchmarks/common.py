@@ -18,13 +18,18 @@ and over. `run_case` measures it the same way for every row:
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
+import datetime
+import fnmatch
 import itertools
+import json
 import os
 import pathlib
 import platform
 import resource
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -462,3 +467,35 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def write_results(
+    path: pathlib.Path,
+    module: str,
+    args: dict[str, Any],
+    env: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """A side-by-side script's JSON: date, the command that ran `module`, its arguments, the
+    environment and the rows."""
+    payload = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, "-m", module, *sys.argv[1:]]),
+        "args": args,
+        "environment": env,
+        "rows": list(rows),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def select_rows(parser: argparse.ArgumentParser, args: argparse.Namespace, rows: Sequence[str]):
+    """Refuses `--steps` / `--repeats` / `--torch_threads` below 1 (one line, via `parser`) and
+    replaces `args.rows`, comma-separated names or shell patterns, by the rows they match."""
+    if min(args.steps or 1, args.repeats, args.torch_threads or 1) < 1:
+        parser.error("--steps, --repeats and --torch_threads must be >= 1")
+    patterns = [p.strip() for p in args.rows.split(",") if p.strip()]
+    args.rows = [name for name in rows if any(fnmatch.fnmatch(name, p) for p in patterns)]
+    if not args.rows:
+        parser.error(f"--rows matches no row; rows: {', '.join(rows)}")

@@ -23,17 +23,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import fnmatch
 import functools
 import importlib
 import importlib.util
 import io
 import itertools
-import json
-import os
 import pathlib
-import shlex
 import sys
 import tempfile
 import types
@@ -311,12 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch_threads", type=int, help="torch.set_num_threads (default: its)")
     parser.add_argument("--json", type=pathlib.Path, default=DEFAULT_JSON, help="results file")
     args = parser.parse_args(argv)
-    if min(args.steps or 1, args.repeats, args.torch_threads or 1) < 1:
-        parser.error("--steps, --repeats and --torch_threads must be >= 1")
-    patterns = [p.strip() for p in args.rows.split(",") if p.strip()]
-    args.rows = [name for name in ROWS if any(fnmatch.fnmatch(name, p) for p in patterns)]
-    if not args.rows:
-        parser.error(f"--rows matches no row; rows: {', '.join(ROWS)}")
+    common.select_rows(parser, args, list(ROWS))
     args.ref_repo = args.ref_repo.resolve()
     return args
 
@@ -336,14 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.rows:
             print(f"== {name}", flush=True)
             rows.append(run_row(name, ref, args, context))
-    env = {
-        **common.environment(),
-        **common.threads(),  # after the rows ran: XLA's thread pool exists
-        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),  # see ssl_vqvae.huge_pages
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-    }
+    env = peers.environment("cpu")  # after the rows ran: XLA's thread pool exists
     print(
         f"\njax {env['jax']} ({env['backend']}), XLA:CPU Eigen pool {env['xla_eigen_threads']} "
         f"threads; torch {env['torch']}, {env['torch_threads']} threads; host "
@@ -352,18 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ms / project ms; params = trainable parameters"
     )
     print("\n".join(table(rows)))
-    payload = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join(
-            [sys.executable, "-m", "benchmarks.ncvqvae_reference"] + sys.argv[1:]
-        ),
-        "args": {**vars(args), "json": str(args.json), "ref_repo": str(args.ref_repo)},
-        "environment": env,
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    arguments = {**vars(args), "json": str(args.json), "ref_repo": str(args.ref_repo)}
+    common.write_results(args.json, "benchmarks.ncvqvae_reference", arguments, env, rows)
     return 0
 
 

@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import fnmatch
 import itertools
-import json
 import os
 import pathlib
-import shlex
 import sys
 import tempfile
 import time
@@ -404,12 +400,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="GunPoint", help="UCR dataset feeding the rows")
     parser.add_argument("--data_root", default="", help="UCR archive folder, searched first")
     args = parser.parse_args(argv)
-    if min(args.steps or 1, args.repeats, args.torch_threads or 1) < 1:
-        parser.error("--steps, --repeats and --torch_threads must be >= 1")
-    patterns = [p.strip() for p in args.rows.split(",") if p.strip()]
-    args.rows = [name for name in ROWS if any(fnmatch.fnmatch(name, p) for p in patterns)]
-    if not args.rows:
-        parser.error(f"--rows matches no row; rows: {', '.join(ROWS)}")
+    common.select_rows(parser, args, list(ROWS))
     return args
 
 
@@ -437,16 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pkg/proj = package ms / project ms"
     )
     print("\n".join(table(rows)))
-    payload = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, "-m", "benchmarks.peers", *sys.argv[1:]]),
-        "args": {**vars(args), "json": str(args.json)},
-        "environment": env,
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    arguments = {**vars(args), "json": str(args.json)}
+    common.write_results(args.json, "benchmarks.peers", arguments, env, rows)
     return 0
 
 

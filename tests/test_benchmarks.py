@@ -18,9 +18,6 @@ import common  # noqa: E402
 
 from ssl_vqvae import sharding, train_state  # noqa: E402
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_benchmarks")
-
 
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory):

@@ -27,9 +27,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import reproduce  # noqa: E402
 import thesis_results  # noqa: E402
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_evaluation_e2e")
-
 FCN_EPOCHS, CAS_EPOCHS, SEED, CAS_MIN_SAMPLES = 1, 1, 1, 100
 GRID_VARIANTS = ["vqvae", "vibcreg-warp"]
 FAKE_METRIC = 0.02

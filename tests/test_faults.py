@@ -32,9 +32,6 @@ from ssl_vqvae.metric_log import MetricWriter, read_metrics
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import fault_soak  # noqa: E402
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_faults")
-
 NUM_STEPS = 6
 TIMING_KEY = fault_soak.TIMING_KEY
 
@@ -325,15 +322,18 @@ def soaked(tmp_path_factory, request):
     return {result.trainer: result for result in results}
 
 
-@pytest.mark.parametrize("trainer", ["stage1", "stage2", "classifier"])
-def test_interrupted_trainer_ends_as_the_uninterrupted_one(soaked, trainer):
-    result = soaked[trainer]
-    assert not result.differences  # final checkpoint leaf by leaf, metrics.jsonl, summary
-    assert [attempt.problems for attempt in result.attempts] == [[]] * len(result.attempts)
-    labels = [attempt.interruption for attempt in result.interruptions]
-    assert sorted(labels) == ["SIGKILL during a save", "SIGTERM"]
-    assert result.interruptions[labels.index("SIGKILL during a save")].killed_while_saving
-    assert result.survived() == 2
+def test_interrupted_trainers_end_as_the_uninterrupted_ones(soaked):
+    """One test for the three trainers: parametrized, pytest-xdist could run the soak on up to
+    three workers."""
+    assert sorted(soaked) == ["classifier", "stage1", "stage2"]
+    for trainer, result in soaked.items():
+        assert not result.differences, trainer  # final checkpoint leaf by leaf, metrics, summary
+        problems = [attempt.problems for attempt in result.attempts]
+        assert problems == [[]] * len(result.attempts), trainer
+        labels = [attempt.interruption for attempt in result.interruptions]
+        assert sorted(labels) == ["SIGKILL during a save", "SIGTERM"], trainer
+        assert result.interruptions[labels.index("SIGKILL during a save")].killed_while_saving
+        assert result.survived() == 2, trainer
 
 
 def test_divergence_is_a_one_line_user_error_naming_the_steps():

@@ -12,9 +12,6 @@ from ssl_vqvae import generate, sampling, sharding
 from ssl_vqvae.transformer import MaskGITTransformer
 from ssl_vqvae.vqvae import VQVAE
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_generator_cache")
-
 NUM_CLASSES = 3
 DECODING = generate.DecodingConfig(num_steps=2)
 

@@ -44,9 +44,6 @@ from ssl_vqvae import layout
 from ssl_vqvae.checkpoints import Checkpointer
 from ssl_vqvae.metric_log import read_metrics
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_multiprocess")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2

@@ -21,9 +21,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import peers  # noqa: E402
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_peers_benchmark")
-
 # Trainable parameters of both stage-2 models at the `:tiny` sizes on GunPoint: the package's
 # LF prior (21,524) and HF prior (16,520), counted on a `MaskGIT` built directly from the package
 # with the tiny values of configs/arguments.py written out (embedding 16, LF width 32, 1 layer,

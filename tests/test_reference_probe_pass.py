@@ -16,9 +16,6 @@ from ssl_vqvae.input_pipeline import TrainBatches
 from ssl_vqvae.metric_log import read_metrics
 from ssl_vqvae.vqvae import MUTABLE_COLLECTIONS
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_reference_probe_pass")
-
 TOY_SPEC = ModelSpec("FCN", {"num_classes": 2}, DataInfo("toy", 1, 1, 2, 0.0, 1.0))
 
 

@@ -20,9 +20,6 @@ from ssl_vqvae.errors import UserError
 from ssl_vqvae.quantizer import QuantizerOutput
 from ssl_vqvae.two_branch import TwoBranchVQVAE
 
-# Its tests share module-scoped runs: one xdist worker makes them once (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_two_branch")
-
 LENGTH = 150  # GunPoint
 
 
@@ -123,17 +120,18 @@ def test_two_branch_loss_with_ssl_weights_the_augmented_view():
     assert float(metrics["ssl_loss"]) > 0
 
 
-def test_one_projector_sees_both_bands_and_ssl_trains_both_encoders(two_branch_experiment):
-    # The trained tokenizer of the shared run: no second init of the two-branch model to compile.
-    exp = Experiment.load(two_branch_experiment)
-    model, variables = exp.tokenizer, exp.tokenizer_variables
+def test_one_projector_sees_both_bands_and_ssl_trains_both_encoders():
     settings = _settings("stage1_timevqvae_vibcreg:tiny")
+    model = stage1.build_model(settings, LENGTH, 1)
     hidden = settings.model.hidden_dim
+    x = jnp.asarray(np.random.RandomState(3).randn(8, LENGTH, 1), jnp.float32)
+    # Jitted with the trainers' initialisation key: far cheaper to compile than eager init.
+    init = jax.jit(lambda key: model.init(key, x, train=False))
+    variables = init(train_state.initialisation_key(jax.random.key(0)))
     # Projector input: [mean ‖ max of LF codes ‖ mean ‖ max of HF codes] = 4 * hidden.
     first = variables["params"]["projector"]["Dense_0"]["kernel"]
     assert first.shape[0] == 4 * hidden
 
-    x = jnp.asarray(np.random.RandomState(3).randn(8, LENGTH, 1), jnp.float32)
     params, others = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
     def ssl_only(params):
