@@ -269,13 +269,8 @@ def run_row(name: str, ref: dict, args: argparse.Namespace, context: common.Cont
     reference = reference_side(ref, args.ref_repo, name, context.dataset, batches)
     project = peers.project_side(project_case(name, context, batches))
     steps = args.steps or DEFAULT_STEPS[kind]
-    result = peers.compare(reference, project, steps, args.repeats, batch)
-    result["reference"] = result.pop("package")
-    if not result["params_equal"]:
-        print(
-            f"WARNING {name}: trainable parameters differ: {reference.params:,} (reference), "
-            f"{project.params:,} (project)"
-        )
+    names = ("reference", "project")
+    result = peers.compare(reference, project, steps, args.repeats, batch, name, names)
     return {"row": name, "kind": kind, "batch": batch, "steps": steps, **result}
 
 

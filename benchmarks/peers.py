@@ -286,15 +286,24 @@ def block(side: Side, steps: int) -> None:
     side.sync(out)
 
 
-def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) -> dict:
+def compare(
+    other: Side,
+    project: Side,
+    steps: int,
+    repeats: int,
+    batch: int,
+    row: str,
+    names: tuple[str, str] = SIDES,
+) -> dict:
     """Warm-up of each side (its first call timed alone), then `repeats` rounds of one timed
-    block of `steps` calls per side, package first."""
-    sides = dict(zip(SIDES, (package, project), strict=True))
+    block of `steps` calls per side, `other` first. Results are keyed by `names` (the other
+    side's, then "project"); a WARNING line names `row` when the parameter counts differ."""
+    sides = dict(zip(names, (other, project), strict=True))
     first = {name: common._timed(lambda s=side: block(s, 1)) for name, side in sides.items()}
     for side in sides.values():
         block(side, common.WARMUP_CALLS)
-    wall_ms: dict[str, list[float]] = {name: [] for name in SIDES}
-    cpu_ms: dict[str, list[float]] = {name: [] for name in SIDES}
+    wall_ms: dict[str, list[float]] = {name: [] for name in names}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, side in sides.items():
             wall, cpu = common._timed(lambda s=side: block(s, steps))
@@ -311,8 +320,13 @@ def compare(package: Side, project: Side, steps: int, repeats: int, batch: int) 
             "first_call_ms": 1000 * first[name][0],
             "compile_s": side.compile_s,
         }
-    result["ratio"] = result["package"]["ms"] / result["project"]["ms"]
-    result["params_equal"] = package.params == project.params
+    result["ratio"] = result[names[0]]["ms"] / result[names[1]]["ms"]
+    result["params_equal"] = other.params == project.params
+    if not result["params_equal"]:
+        print(
+            f"WARNING {row}: trainable parameters differ: {names[0]} {other.params:,}, "
+            f"{names[1]} {project.params:,}"
+        )
     return result
 
 
@@ -324,12 +338,7 @@ def run_row(name: str, ds: data.UCRDataset, args: argparse.Namespace, device: st
     package = package_side(kind, batches, ds.num_classes, device, configs)
     project = project_side(project_case(kind, batches, ds, configs))
     steps, repeats = args.steps or DEFAULT_STEPS[kind], args.repeats
-    result = compare(package, project, steps, repeats, batch)
-    if not result["params_equal"]:
-        print(
-            f"WARNING {name}: trainable parameters differ: package {package.params:,}, "
-            f"project {project.params:,}"
-        )
+    result = compare(package, project, steps, repeats, batch, name)
     return {"row": name, "kind": kind, "batch": batch, "steps": steps, "repeats": repeats, **result}
 
 

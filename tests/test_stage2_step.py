@@ -2,6 +2,7 @@
 source, learning without retracing, and the sharded step equal to the single-device one."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,14 +178,12 @@ def test_one_step_on_four_devices_equals_one_device(setup, four_device_step):
 def test_initialisation_key_is_rbg_deterministic_and_seed_dependent():
     """StateFactory initialises from an "rbg" key made from the run's threefry key: the same seed
     gives the same parameters, another seed others, at the scale the initialiser sets."""
-    import flax.linen as nn
+    example = jax.ShapeDtypeStruct((2, 256), jnp.float32)
 
-    factory = lambda seed: train_state.StateFactory(  # noqa: E731
-        train_state.module_init(
-            nn.Dense(64), optax.sgd(0.1), jax.ShapeDtypeStruct((2, 256), jnp.float32)
-        ),
-        jax.random.key(seed),
-    )
+    def factory(seed: int) -> train_state.StateFactory:
+        init = train_state.module_init(nn.Dense(64), optax.sgd(0.1), example)
+        return train_state.StateFactory(init, jax.random.key(seed))
+
     key = train_state.initialisation_key(jax.random.key(3))
     assert jax.random.key_impl(key) == jax.random.key_impl(jax.random.key(0, impl="rbg"))
     mesh = sharding.make_mesh()
